@@ -1,0 +1,3 @@
+from logreg.cli import main
+
+main()

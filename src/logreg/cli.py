@@ -1,0 +1,101 @@
+"""The command line: ``logreg fit | validate | test | predict``, configured by YAML through LightningCLI.
+
+Config keys are the ``__init__`` arguments of the model, the data module and the Trainer. The number of
+features flows from the data to the model by ``link_arguments``, so it is never typed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from jsonargparse import Namespace
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from typing_extensions import override
+
+from logreg.data import TabularDataModule
+from logreg.datasets import DataError
+from logreg.model import LogisticRegression
+
+DEFAULT_LOG_DIR = "lightning_logs"
+
+
+class LogRegCLI(LightningCLI):
+    """LightningCLI with the template's defaults: a TensorBoard run per batch mode, best and last checkpoints."""
+
+    @override
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.num_features", "model.num_features", apply_on="instantiate")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/loss",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-epoch{epoch}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+
+    @override
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.trainer.logger in (None, True):
+            # One run directory per batch mode (DIR/<mode>/version_N), so the modes overlay in TensorBoard.
+            config.trainer.logger = Namespace(
+                class_path="lightning.pytorch.loggers.TensorBoardLogger",
+                init_args=Namespace(
+                    save_dir=config.trainer.default_root_dir or DEFAULT_LOG_DIR,
+                    name=config.data.batch_mode,
+                    default_hp_metric=False,
+                ),
+            )
+
+    def _resolve_last_checkpoint(self) -> None:
+        """Turn ``--ckpt_path last`` into the newest ``last.ckpt`` of this mode's earlier runs.
+
+        Lightning looks for ``last`` in the new run's own (empty) version directory; the resumed run instead
+        reads the previous run's checkpoint and writes a new version, so nothing earlier is overwritten.
+        """
+        config = self.config_init[self.subcommand]
+        if config.get("ckpt_path") != "last":
+            return
+        root = Path(self.trainer.logger.root_dir)
+        found = sorted(
+            root.glob("version_*/checkpoints/last.ckpt"),
+            key=lambda p: int(re.sub(r"\D", "", p.parent.parent.name) or -1),
+        )
+        if not found:
+            raise DataError(f"--ckpt_path last: no last.ckpt under {root}/version_*/checkpoints.")
+        config["ckpt_path"] = str(found[-1])
+
+    def before_fit(self) -> None:
+        self._resolve_last_checkpoint()
+
+    def before_validate(self) -> None:
+        self._resolve_last_checkpoint()
+
+    def before_test(self) -> None:
+        self._resolve_last_checkpoint()
+
+    def before_predict(self) -> None:
+        self._resolve_last_checkpoint()
+
+
+def main(args: list[str] | None = None) -> None:
+    """Run the CLI on ``args`` (default: the command line), e.g. ``main(["fit", "--config", "configs/full_batch.yaml"])``."""
+    try:
+        LogRegCLI(
+            LogisticRegression,
+            TabularDataModule,
+            args=args,
+            seed_everything_default=42,
+            auto_configure_optimizers=False,
+            trainer_defaults={"max_epochs": 20, "log_every_n_steps": 5},
+        )
+    except DataError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+if __name__ == "__main__":
+    main()

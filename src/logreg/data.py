@@ -1,0 +1,263 @@
+"""How the data is fed, and so which gradient-descent variant runs.
+
+``batch_mode`` picks the number of rows behind each weight update:
+
+- ``full``: the whole training split in one batch, gradient descent (1 update per epoch);
+- ``example``: one row per batch, stochastic gradient descent (N updates per epoch);
+- ``minibatch``: ``batch_size`` rows per batch (ceil(N / B) updates per epoch, the last batch may be short).
+
+Batches are slices of tensors held in memory (on the training device when it has room): one shuffle per
+epoch, then a view per step. A ``DataLoader`` over a ``TensorDataset`` would index and collate row by row,
+which costs hundreds of times more than the update itself for large batches.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Literal, get_args
+
+import lightning as L
+import torch
+from typing_extensions import override
+
+from logreg.datasets import (
+    BANKNOTE_PATH,
+    DataError,
+    Table,
+    label_index,
+    load_banknote,
+    make_synthetic,
+    read_csv,
+    read_header,
+)
+
+BatchMode = Literal["full", "example", "minibatch"]
+
+
+def check_choice(name: str, value: object, choices: tuple) -> None:
+    """Raise a ValueError that lists the valid choices when ``value`` is not one of them."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}.")
+
+
+class TensorBatches:
+    """One epoch of batches sliced from tensors that share their first dimension.
+
+    Shuffling draws a new order each epoch from (seed, epoch), so a run resumed at epoch e sees the same
+    batches as one that never stopped.
+
+    Args:
+        *tensors: Tensors of shape (N, ...), e.g. features (N, D) and labels (N,).
+        batch_size: Rows per batch; the last batch holds the remainder.
+        shuffle: Whether to draw a new row order every epoch.
+        seed: Seed of the shuffle.
+        epoch: Returns the current epoch (e.g. the Trainer's); default: count the passes over this object.
+
+    Example:
+        >>> batches = TensorBatches(torch.arange(10.0).view(5, 2), torch.zeros(5), batch_size=2)
+        >>> len(batches), [tuple(x.shape) for x, y in batches]
+        (3, [(2, 2), (2, 2), (1, 2)])
+    """
+
+    def __init__(
+        self,
+        *tensors: torch.Tensor,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        epoch: Callable[[], int] | None = None,
+    ) -> None:
+        self.tensors = tensors
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self._epoch = epoch
+        self._passes = 0
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.tensors[0]) / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        tensors = self.tensors
+        epoch = self._epoch() if self._epoch is not None else self._passes
+        self._passes += 1
+        if self.shuffle:
+            # Distinct seeds per (seed, epoch) pair; the order is drawn on the CPU so it is the same on any device.
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            order = torch.randperm(len(tensors[0]), generator=gen).to(tensors[0].device)
+            tensors = tuple(t[order] for t in tensors)  # one gather per epoch, then views
+        for start in range(0, len(tensors[0]), self.batch_size):
+            yield tuple(t[start : start + self.batch_size] for t in tensors)
+
+
+class TabularDataModule(L.LightningDataModule):
+    """Splits a table into train/val/test, standardises it with training statistics, and serves batches.
+
+    The standardisation statistics are part of ``state_dict``, so a checkpoint carries them and prediction
+    on new data uses the training statistics, never ones fitted on the new file.
+
+    Args:
+        dataset: ``banknote`` (embedded UCI data), ``synthetic``, or the path of a CSV file with a header row.
+        batch_mode: ``full`` (gradient descent), ``example`` (stochastic gradient descent) or ``minibatch``.
+        batch_size: Rows per update in ``minibatch`` mode; a size above the training rows acts as ``full``.
+        label_column: Name of the CSV label column (values 0 or 1); default the last column.
+        val_fraction: Fraction of rows held out for validation.
+        test_fraction: Fraction of rows held out for testing.
+        seed: Seed of the split, the per-epoch shuffle and the synthetic data.
+        synthetic_rows: Rows of the synthetic dataset.
+        synthetic_features: Features of the synthetic dataset.
+        synthetic_noise: Standard deviation of the noise added to the synthetic logits (0: separable).
+        eval_batch_size: Rows per batch for validation, test and prediction (no updates happen there).
+
+    Example:
+        >>> dm = TabularDataModule(batch_mode="full")
+        >>> dm.setup("fit")
+        >>> [len(dm.split(stage)[0]) for stage in ("train", "val", "test")]
+        [824, 274, 274]
+        >>> len(dm.train_dataloader())
+        1
+    """
+
+    def __init__(
+        self,
+        dataset: str = "banknote",
+        batch_mode: BatchMode = "minibatch",
+        batch_size: int = 32,
+        label_column: str | None = None,
+        val_fraction: float = 0.2,
+        test_fraction: float = 0.2,
+        seed: int = 42,
+        synthetic_rows: int = 10_000,
+        synthetic_features: int = 8,
+        synthetic_noise: float = 0.5,
+        eval_batch_size: int = 65_536,
+    ) -> None:
+        super().__init__()
+        check_choice("batch_mode", batch_mode, get_args(BatchMode))
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value < 1:
+                raise ValueError(f"{name} must be a positive number of rows; got {value}.")
+        for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if not 0 < value < 1:
+                raise ValueError(f"{name} must lie strictly between 0 and 1; got {value}.")
+        if val_fraction + test_fraction >= 1:
+            raise ValueError(
+                f"val_fraction + test_fraction must be below 1 to leave training rows; got {val_fraction + test_fraction:g}."
+            )
+        self.save_hyperparameters()
+        self.mean: torch.Tensor | None = None  # (D,), from the training split or a checkpoint
+        self.std: torch.Tensor | None = None
+        self._raw: dict[str, tuple[torch.Tensor, ...]] = {}
+        self._ready: dict[str, tuple[torch.Tensor, ...]] = {}
+
+    @property
+    def num_features(self) -> int:
+        """Features per row, read from the dataset's description (header), not its rows."""
+        dataset = self.hparams.dataset
+        if dataset == "banknote":
+            return len(read_header(BANKNOTE_PATH)) - 1
+        if dataset == "synthetic":
+            return self.hparams.synthetic_features
+        header = read_header(dataset)
+        label_index(dataset, header, self.hparams.label_column)
+        return len(header) - 1
+
+    @property
+    def run_name(self) -> str:
+        """Name of this data feeding for loggers, so runs of the three modes sit side by side."""
+        return self.hparams.batch_mode
+
+    @property
+    def train_batch_size(self) -> int:
+        n_train = len(self._raw["train"][0])
+        return {"full": n_train, "example": 1, "minibatch": min(self.hparams.batch_size, n_train)}[
+            self.hparams.batch_mode
+        ]
+
+    def load_table(self) -> Table:
+        """All rows of the configured dataset, in file order."""
+        hp = self.hparams
+        if hp.dataset == "banknote":
+            return load_banknote()
+        if hp.dataset == "synthetic":
+            return make_synthetic(hp.synthetic_rows, hp.synthetic_features, hp.synthetic_noise, hp.seed)
+        return read_csv(hp.dataset, hp.label_column)
+
+    @override
+    def setup(self, stage: str) -> None:
+        if self._raw or stage == "predict":
+            return
+        table = self.load_table()
+        n = len(table.x)
+        n_val, n_test = round(n * self.hparams.val_fraction), round(n * self.hparams.test_fraction)
+        n_train = n - n_val - n_test
+        if min(n_train, n_val, n_test) < 1:
+            raise DataError(
+                f"{self.hparams.dataset}: {n} rows are too few to split into non-empty train ({n_train}), "
+                f"val ({n_val}) and test ({n_test}) sets."
+            )
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.hparams.seed))
+        bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, n)}
+        self._raw = {stage: (table.x[order[a:b]], table.y[order[a:b]]) for stage, (a, b) in bounds.items()}
+        if self.mean is None:  # a checkpoint restored later overrides these before any batch is served
+            x_train = self._raw["train"][0]
+            self.mean = x_train.mean(dim=0)
+            std = x_train.std(dim=0)
+            self.std = torch.where(std > 0, std, torch.ones_like(std))  # a constant column stays constant
+
+    def split(self, stage: str) -> tuple[torch.Tensor, ...]:
+        """Standardised (x, y) of a split, made once and kept on the training device when it has room."""
+        if stage not in self._ready:
+            x, y = self._raw[stage]
+            self._ready[stage] = self._to_device(self.standardize(x), y)
+        return self._ready[stage]
+
+    def standardize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std  # (N, D) with statistics (D,)
+
+    def _to_device(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        if device.type == "cuda":
+            needed = sum(t.numel() * t.element_size() for t in tensors)
+            free, _ = torch.cuda.mem_get_info(device)
+            if needed > free // 2:  # leave room for the model's work; Lightning then copies each batch instead
+                return tensors
+        return tuple(t.to(device) for t in tensors)
+
+    @override
+    def train_dataloader(self) -> TensorBatches:
+        shuffle = self.hparams.batch_mode != "full"  # the full-batch gradient does not depend on row order
+        return TensorBatches(
+            *self.split("train"),
+            batch_size=self.train_batch_size,
+            shuffle=shuffle,
+            seed=self.hparams.seed,
+            epoch=lambda: self.trainer.current_epoch,
+        )
+
+    @override
+    def val_dataloader(self) -> TensorBatches:
+        return TensorBatches(*self.split("val"), batch_size=self.hparams.eval_batch_size)
+
+    @override
+    def test_dataloader(self) -> TensorBatches:
+        return TensorBatches(*self.split("test"), batch_size=self.hparams.eval_batch_size)
+
+    @override
+    def predict_dataloader(self) -> TensorBatches:
+        # Loaded here, after a checkpoint restored the training statistics, and never split or re-fitted.
+        table = self.load_table()
+        if self.mean is None:
+            raise DataError("prediction needs the training statistics: pass --ckpt_path of a trained model.")
+        tensors = (self.standardize(table.x),) if table.y is None else (self.standardize(table.x), table.y)
+        return TensorBatches(*self._to_device(*tensors), batch_size=self.hparams.eval_batch_size)
+
+    @override
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"mean": self.mean, "std": self.std}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        self.mean, self.std = state_dict["mean"], state_dict["std"]
+        self._ready.clear()

@@ -1,0 +1,86 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from conftest import scalars
+
+from logreg import LogisticRegression, TabularDataModule
+from logreg.cli import main
+
+TINY = ["--data.dataset", "synthetic", "--data.synthetic_rows", "200", "--data.synthetic_features", "3"]
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def fit(root: Path, *extra: str) -> None:
+    main(["fit", *TINY, *QUIET, "--trainer.default_root_dir", str(root), *extra])
+
+
+def test_fit_writes_tensorboard_metrics_checkpoints_and_the_resolved_config(tmp_path):
+    fit(tmp_path, "--data.batch_mode", "minibatch", "--data.batch_size", "16", "--trainer.max_epochs", "2")
+    run = tmp_path / "minibatch" / "version_0"
+    series = scalars(run)
+    for tag in ("train/loss", "train/loss_epoch", "val/loss", "val/acc", "val/auroc", "val/f1"):
+        assert tag in series, tag
+    assert len(series["val/acc"]) == 2 and len(series["train/loss_epoch"]) == 2
+    # 120 training rows / 16 = 8 updates per epoch; with log_every_n_steps=5 the steps written are 4, 9, 14
+    assert [step for step, _ in series["train/loss"]] == [4, 9, 14]
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert len(list((run / "checkpoints").glob("best-epoch*.ckpt"))) == 1
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["data"]["batch_mode"] == "minibatch"
+    assert "num_features" not in config["model"]  # linked from the data, never typed ...
+    assert yaml.safe_load((run / "hparams.yaml").read_text())["num_features"] == 3  # ... yet the model got it
+
+
+def test_each_mode_logs_to_its_own_run_directory(tmp_path):
+    for mode in ("full", "example"):
+        fit(tmp_path, "--data.batch_mode", mode, "--trainer.max_epochs", "1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["example", "full"]
+
+
+def test_resuming_from_last_continues_the_epoch_and_step_count(tmp_path):
+    args = ("--data.batch_mode", "minibatch", "--data.batch_size", "40", "--trainer.log_every_n_steps", "1")
+    fit(tmp_path, *args, "--trainer.max_epochs", "2")
+    fit(tmp_path, *args, "--trainer.max_epochs", "4", "--ckpt_path", "last")
+    first, resumed = tmp_path / "minibatch" / "version_0", tmp_path / "minibatch" / "version_1"
+    assert [v for _, v in scalars(first)["epoch"]][-1] == 1
+    epochs = sorted({int(v) for _, v in scalars(resumed)["epoch"]})
+    assert epochs == [2, 3]  # continued, not restarted
+    assert [s for s, _ in scalars(resumed)["train/loss"]] == list(range(6, 12))  # 3 updates per epoch
+    assert torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 12
+    assert (first / "checkpoints" / "last.ckpt").is_file()  # the earlier run is left as it was
+
+
+def test_ckpt_path_last_without_an_earlier_run_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit, match=r"no last\.ckpt under"):
+        fit(tmp_path, "--ckpt_path", "last")
+
+
+def test_predicting_from_a_checkpoint_returns_probabilities(tmp_path):
+    fit(tmp_path, "--data.batch_mode", "full", "--model.lr", "2.0", "--trainer.max_epochs", "10")
+    ckpt = tmp_path / "full" / "version_0" / "checkpoints" / "last.ckpt"
+    dm = TabularDataModule(dataset="synthetic", synthetic_rows=200, synthetic_features=3)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False)
+    batches = trainer.predict(LogisticRegression(num_features=3), datamodule=dm, ckpt_path=str(ckpt))
+    probs = torch.cat(batches)
+    assert probs.shape == (200,)
+    assert ((probs > 0) & (probs < 1)).all() and probs.std() > 0.05
+    # the statistics came from the checkpoint, i.e. from the training split, not from the predicted rows
+    saved = torch.load(ckpt, weights_only=False)["TabularDataModule"]
+    torch.testing.assert_close(dm.mean, saved["mean"])
+
+
+def test_unknown_batch_mode_exits_non_zero_naming_the_choices(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "logreg", "fit", "--data.batch_mode", "stochastic"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    assert "stochastic" in result.stderr and all(m in result.stderr for m in ("full", "example", "minibatch"))
+    assert not (tmp_path / "lightning_logs").exists()

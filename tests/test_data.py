@@ -1,0 +1,115 @@
+import math
+
+import lightning as L
+import pytest
+import torch
+
+from logreg import LogisticRegression, TabularDataModule, TensorBatches
+
+
+def fitted_steps(batch_mode: str, epochs: int = 1, **data_args) -> tuple[int, int]:
+    """(global_step after `epochs` epochs, number of training rows) for one batch mode."""
+    dm = TabularDataModule(batch_mode=batch_mode, **data_args)
+    trainer = L.Trainer(
+        max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0
+    )
+    trainer.fit(LogisticRegression(num_features=dm.num_features), datamodule=dm)
+    return trainer.global_step, len(dm.split("train")[0])
+
+
+SMALL = {"dataset": "synthetic", "synthetic_rows": 103, "synthetic_features": 3}
+
+
+def test_full_batch_is_one_update_per_epoch():
+    assert fitted_steps("full", epochs=3, **SMALL)[0] == 3
+
+
+def test_per_example_is_one_update_per_training_row():
+    steps, n_train = fitted_steps("example", **SMALL)
+    assert n_train == 61  # 103 rows less round(20.6) val and round(20.6) test
+    assert steps == n_train
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 10, 61, 500])
+def test_minibatch_is_ceil_n_over_b_updates_per_epoch_with_no_dropped_batch(batch_size):
+    steps, n_train = fitted_steps("minibatch", batch_size=batch_size, **SMALL)
+    assert steps == math.ceil(n_train / batch_size)
+
+
+def test_banknote_minibatch_update_count():
+    steps, n_train = fitted_steps("minibatch", batch_size=32)
+    assert (n_train, steps) == (824, 26)
+
+
+def test_split_is_deterministic_from_the_seed_and_disjoint():
+    def rows(seed):
+        dm = TabularDataModule(seed=seed)
+        dm.setup("fit")
+        return {stage: dm._raw[stage][0] for stage in ("train", "val", "test")}
+
+    a, b, c = rows(1), rows(1), rows(2)
+    assert all(torch.equal(a[s], b[s]) for s in a)
+    assert not torch.equal(a["train"], c["train"])
+    every = torch.cat([a["train"], a["val"], a["test"]])
+    assert len(every) == len(torch.cat(list(c.values()))) == 1372
+
+
+def test_standardisation_uses_training_statistics_only():
+    dm = TabularDataModule()
+    dm.setup("fit")
+    raw_train, raw_val = dm._raw["train"][0], dm._raw["val"][0]
+    torch.testing.assert_close(dm.mean, raw_train.mean(0))
+    torch.testing.assert_close(dm.std, raw_train.std(0))
+    x_train, x_val = dm.split("train")[0], dm.split("val")[0]
+    torch.testing.assert_close(x_train.mean(0), torch.zeros(4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(x_train.std(0), torch.ones(4))
+    torch.testing.assert_close(x_val, (raw_val - raw_train.mean(0)) / raw_train.std(0))
+    assert not torch.allclose(x_val.mean(0), torch.zeros(4), atol=1e-3)  # val was not standardised by itself
+
+
+def test_statistics_travel_in_the_state_dict_and_override_recomputed_ones():
+    dm = TabularDataModule()
+    dm.setup("fit")
+    state = {"mean": torch.full((4,), 2.0), "std": torch.full((4,), 4.0)}
+    dm.split("val")  # made with the split's own statistics ...
+    dm.load_state_dict(state)  # ... and remade with the restored ones
+    torch.testing.assert_close(dm.split("val")[0], (dm._raw["val"][0] - 2.0) / 4.0)
+    assert dm.state_dict()["mean"] is state["mean"]
+
+
+def test_batches_reshuffle_each_epoch_and_repeat_for_the_same_epoch():
+    x = torch.arange(20.0).view(10, 2)
+    epoch = 0
+    batches = TensorBatches(x, torch.arange(10.0), batch_size=3, shuffle=True, seed=5, epoch=lambda: epoch)
+    first = torch.cat([b[1] for b in batches])
+    again = torch.cat([b[1] for b in batches])
+    epoch = 1
+    second = torch.cat([b[1] for b in batches])
+    assert torch.equal(first, again)
+    assert not torch.equal(first, second)
+    assert sorted(first.tolist()) == sorted(second.tolist()) == list(range(10))
+    # rows stay paired with their labels through the shuffle
+    assert all(torch.equal(bx[:, 0], 2 * by) for bx, by in batches)
+
+
+def test_batches_are_views_of_the_held_tensors_when_not_shuffled():
+    x = torch.randn(10, 2)
+    (bx, _), *_ = TensorBatches(x, torch.zeros(10), batch_size=4)
+    assert bx.data_ptr() == x.data_ptr()
+
+
+def test_invalid_choices_and_values_are_rejected_with_the_valid_ones_listed():
+    with pytest.raises(ValueError, match="batch_mode must be one of 'full', 'example', 'minibatch'; got 'mini'"):
+        TabularDataModule(batch_mode="mini")
+    with pytest.raises(ValueError, match="batch_size must be a positive number"):
+        TabularDataModule(batch_size=0)
+    with pytest.raises(ValueError, match="val_fraction must lie strictly between 0 and 1"):
+        TabularDataModule(val_fraction=1.0)
+    with pytest.raises(ValueError, match="must be below 1"):
+        TabularDataModule(val_fraction=0.5, test_fraction=0.5)
+
+
+def test_num_features_comes_from_the_csv_header(csv_file):
+    assert TabularDataModule(dataset=str(csv_file())).num_features == 3
+    assert TabularDataModule().num_features == 4
+    assert TabularDataModule(dataset="synthetic", synthetic_features=7).num_features == 7

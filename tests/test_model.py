@@ -1,0 +1,57 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from logreg import LogisticRegression
+
+
+def test_bce_with_logits_equals_sigmoid_then_bce_for_moderate_logits():
+    z = torch.linspace(-8, 8, 33, dtype=torch.float64)
+    for y in (torch.zeros_like(z), torch.ones_like(z)):
+        stable = F.binary_cross_entropy_with_logits(z, y, reduction="none")
+        naive = F.binary_cross_entropy(torch.sigmoid(z), y, reduction="none")
+        torch.testing.assert_close(stable, naive, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize(("z", "y"), [(100.0, 0.0), (-100.0, 1.0), (100.0, 1.0), (-100.0, 0.0)])
+def test_bce_with_logits_stays_exact_at_large_logits(z, y):
+    loss = F.binary_cross_entropy_with_logits(torch.tensor([z]), torch.tensor([y]))
+    assert torch.isfinite(loss)
+    # log(1 + exp(-|z|)) + |z| when wrong, about exp(-|z|) when right
+    expected = abs(z) if (z > 0) != (y > 0) else 0.0
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_sigmoid_then_bce_saturates_where_the_logits_version_does_not():
+    z, y = torch.tensor([-200.0]), torch.tensor([1.0])
+    assert F.binary_cross_entropy_with_logits(z, y).item() == pytest.approx(200.0)
+    assert F.binary_cross_entropy(torch.sigmoid(z), y).item() == pytest.approx(100.0)  # log(0) clamped at -100
+
+
+def test_forward_returns_one_logit_per_row_and_predict_returns_probabilities():
+    model = LogisticRegression(num_features=3)
+    with torch.no_grad():
+        model.linear.weight.copy_(torch.tensor([[50.0, -50.0, 1.0]]))
+    x = torch.randn(16, 3) * 10
+    logits = model(x)
+    assert logits.shape == (16,)
+    probs = model.predict_step((x,), 0)
+    torch.testing.assert_close(probs, torch.sigmoid(logits))
+    assert ((probs >= 0) & (probs <= 1)).all()
+
+
+def test_one_sgd_step_matches_the_closed_form_gradient():
+    model = LogisticRegression(num_features=2, lr=0.5)
+    x, y = torch.tensor([[1.0, 2.0], [-1.0, 0.5], [3.0, -1.0]]), torch.tensor([1.0, 0.0, 1.0])
+    optimizer = model.configure_optimizers()
+    loss, _ = model._shared_step((x, y))
+    loss.backward()
+    optimizer.step()
+    a = torch.full((3,), 0.5)  # sigmoid(0): the weights start at zero
+    torch.testing.assert_close(model.linear.weight.detach(), -0.5 * ((a - y) @ x / 3).unsqueeze(0))
+    torch.testing.assert_close(model.linear.bias.detach(), -0.5 * (a - y).mean().unsqueeze(0))
+
+
+def test_invalid_optimizer_lists_the_choices():
+    with pytest.raises(ValueError, match="optimizer must be one of 'sgd', 'adam'; got 'rmsprop'"):
+        LogisticRegression(num_features=2, optimizer="rmsprop")
