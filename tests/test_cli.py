@@ -20,7 +20,17 @@ def fit(root: Path, *extra: str) -> None:
 
 
 def test_fit_writes_tensorboard_metrics_checkpoints_and_the_resolved_config(tmp_path):
-    fit(tmp_path, "--data.batch_mode", "minibatch", "--data.batch_size", "16", "--trainer.max_epochs", "2")
+    fit(
+        tmp_path,
+        "--data.batch_mode",
+        "minibatch",
+        "--data.batch_size",
+        "16",
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.log_every_n_steps",
+        "5",
+    )
     run = tmp_path / "minibatch" / "version_0"
     series = scalars(run)
     for tag in ("train/loss", "train/loss_epoch", "val/loss", "val/acc", "val/auroc", "val/f1"):

@@ -55,3 +55,32 @@ def test_one_sgd_step_matches_the_closed_form_gradient():
 def test_invalid_optimizer_lists_the_choices():
     with pytest.raises(ValueError, match="optimizer must be one of 'sgd', 'adam'; got 'rmsprop'"):
         LogisticRegression(num_features=2, optimizer="rmsprop")
+
+
+def test_epoch_loss_is_the_row_weighted_mean_of_the_step_losses(tmp_path):
+    import math
+
+    import lightning as L
+    from conftest import scalars
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from logreg import TabularDataModule
+
+    dm = TabularDataModule(dataset="synthetic", synthetic_rows=100, synthetic_features=3, batch_size=16)
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=TensorBoardLogger(tmp_path, name="run"),
+        log_every_n_steps=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(LogisticRegression(num_features=3), datamodule=dm)
+    series = scalars(tmp_path / "run" / "version_0")
+    steps = [v for _, v in series["train/loss"]]
+    n_train = 60
+    sizes = [16] * (math.ceil(n_train / 16) - 1) + [n_train % 16]  # the last batch is short: 16, 16, 16, 12
+    assert len(steps) == len(sizes)
+    expected = sum(v * n for v, n in zip(steps, sizes, strict=True)) / n_train
+    assert series["train/loss_epoch"][0][1] == pytest.approx(expected, rel=1e-6)
+    assert expected != pytest.approx(sum(steps) / len(steps), rel=1e-6)  # an unweighted mean would differ

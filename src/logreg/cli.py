@@ -19,6 +19,7 @@ from logreg.datasets import DataError
 from logreg.model import LogisticRegression
 
 DEFAULT_LOG_DIR = "lightning_logs"
+PROGRESS_REFRESH_RATE = 50
 
 
 class LogRegCLI(LightningCLI):
@@ -40,6 +41,18 @@ class LogRegCLI(LightningCLI):
     @override
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        callbacks = config.trainer.callbacks or []
+        if config.trainer.enable_progress_bar is not False and not any(
+            "ProgressBar" in c.class_path for c in callbacks
+        ):
+            # Redrawing the bar costs more than a small update; redraw every PROGRESS_REFRESH_RATE steps.
+            config.trainer.callbacks = [
+                *callbacks,
+                Namespace(
+                    class_path="lightning.pytorch.callbacks.TQDMProgressBar",
+                    init_args=Namespace(refresh_rate=PROGRESS_REFRESH_RATE, process_position=0, leave=False),
+                ),
+            ]
         if config.trainer.logger in (None, True):
             # One run directory per batch mode (DIR/<mode>/version_N), so the modes overlay in TensorBoard.
             config.trainer.logger = Namespace(
@@ -82,17 +95,23 @@ class LogRegCLI(LightningCLI):
         self._resolve_last_checkpoint()
 
 
+def build_cli(args: list[str] | None = None, run: bool = True) -> LogRegCLI:
+    """The project's CLI with its defaults; ``run=False`` only builds the model, data module and Trainer."""
+    return LogRegCLI(
+        LogisticRegression,
+        TabularDataModule,
+        args=args,
+        run=run,
+        seed_everything_default=42,
+        auto_configure_optimizers=False,
+        trainer_defaults={"max_epochs": 20},
+    )
+
+
 def main(args: list[str] | None = None) -> None:
-    """Run the CLI on ``args`` (default: the command line), e.g. ``main(["fit", "--config", "configs/full_batch.yaml"])``."""
+    """Run the CLI on ``args`` (default: the command line), e.g. ``main(["fit", "--trainer.max_epochs", "5"])``."""
     try:
-        LogRegCLI(
-            LogisticRegression,
-            TabularDataModule,
-            args=args,
-            seed_everything_default=42,
-            auto_configure_optimizers=False,
-            trainer_defaults={"max_epochs": 20, "log_every_n_steps": 5},
-        )
+        build_cli(args)
     except DataError as err:
         raise SystemExit(f"error: {err}") from None
 

@@ -56,7 +56,11 @@ class LogisticRegression(L.LightningModule):
         self.linear = torch.nn.Linear(num_features, 1)
         torch.nn.init.zeros_(self.linear.weight)
         torch.nn.init.zeros_(self.linear.bias)
-        # The epoch mean of the training loss, weighted by batch size; per-step values go straight to the logger.
+        # The epoch mean of the training loss. A metric's update costs more than a small weight update, so each
+        # step only adds loss * rows to a running sum on the device (no host sync); the metric sees it once per
+        # epoch, which also makes it sync across processes under DDP, weighted by rows.
+        self.register_buffer("_loss_sum", torch.zeros(()), persistent=False)
+        self._rows = 0
         self.train_loss = MeanMetric()
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         scores = MetricCollection({"acc": BinaryAccuracy(), "auroc": BinaryAUROC(), "f1": BinaryF1Score()})
@@ -70,7 +74,9 @@ class LogisticRegression(L.LightningModule):
     @override
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, _ = self._shared_step(batch)
-        self.train_loss.update(loss.detach(), weight=len(batch[1]))
+        rows = len(batch[1])
+        self._loss_sum.add_(loss.detach(), alpha=rows)
+        self._rows += rows
         # self.log costs more than a small update; call it only on the steps the logger writes.
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             self.log("train/loss", loss, prog_bar=True)
@@ -78,8 +84,12 @@ class LogisticRegression(L.LightningModule):
 
     @override
     def on_train_epoch_end(self) -> None:
-        self.log("train/loss_epoch", self.train_loss.compute())
+        if self._rows:
+            self.train_loss.update(self._loss_sum / self._rows, weight=self._rows)
+            self.log("train/loss_epoch", self.train_loss.compute())
         self.train_loss.reset()
+        self._loss_sum.zero_()
+        self._rows = 0
 
     @override
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:

@@ -1,0 +1,290 @@
+"""Seconds per training epoch of the same weight updates done three ways, in one process.
+
+- ``project``: ``Trainer.fit`` on this package's data module and model, built by the CLI with its default
+  logging, progress bar and checkpointing (validation off for the timing);
+- ``hand``: a hand-written PyTorch loop: per-epoch shuffle, then a slice per step and
+  ``zero_grad / forward / BCE-with-logits / backward / step``;
+- ``naive``: the Lightning template as often written: ``DataLoader(TensorDataset(x, y))`` and ``self.log``
+  on every step.
+
+Runs are interleaved (project, hand, naive, project, ...), the first epoch of each run is a warm-up, and an
+epoch is timed from its start to the next one's (or the end of training), so Trainer start-up is excluded
+but per-epoch work such as checkpointing is not. The figure reported is the median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader, TensorDataset
+from typing_extensions import override
+
+from logreg.cli import build_cli
+from logreg.data import TabularDataModule
+
+MODES = {"full": 1_000_000, "minibatch": 1_000_000, "example": 20_000}  # default rows per mode
+
+
+class EpochTimer(Callback):
+    """Wall-clock seconds of each training epoch, from its start to the next epoch's start or the end."""
+
+    def __init__(self, sync: Callable[[], None]) -> None:
+        self.sync = sync
+        self.starts: list[float] = []
+        self.seconds: list[float] = []
+
+    def _stamp(self) -> None:
+        self.sync()
+        now = time.perf_counter()
+        if self.starts:
+            self.seconds.append(now - self.starts[-1])
+        self.starts.append(now)
+
+    @override
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stamp()
+
+    @override
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stamp()
+
+
+class NaiveLogisticRegression(L.LightningModule):
+    """The common way: log every step, with an epoch aggregate too."""
+
+    def __init__(self, num_features: int, lr: float) -> None:
+        super().__init__()
+        self.lr = lr
+        self.linear = torch.nn.Linear(num_features, 1)
+
+    @override
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = F.binary_cross_entropy_with_logits(self.linear(x).squeeze(-1), y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        return loss
+
+    @override
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+def _sync_for(device: str) -> Callable[[], None]:
+    return torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+
+def _holdout(rows: int) -> float:
+    """val/test fraction: the split needs a row in each, but the timing is about the training rows."""
+    return max(1e-4, 1.0 / rows)
+
+
+def _data_args(mode: str, rows: int, features: int, batch_size: int) -> list[str]:
+    holdout = str(_holdout(rows))
+    return [
+        *("--data.dataset", "synthetic", "--data.synthetic_rows", str(rows)),
+        *("--data.synthetic_features", str(features), "--data.batch_mode", mode),
+        *("--data.batch_size", str(batch_size), "--data.val_fraction", holdout),
+        *("--data.test_fraction", holdout),
+    ]
+
+
+def time_project(
+    mode: str, rows: int, features: int, batch_size: int, epochs: int, device: str, lr: float
+) -> list[float]:
+    """Epoch seconds of the project's own path, built exactly as ``logreg fit`` builds it."""
+    with tempfile.TemporaryDirectory() as root:
+        cli = build_cli(
+            [
+                *_data_args(mode, rows, features, batch_size),
+                *("--model.lr", str(lr), "--trainer.max_epochs", str(epochs + 1)),
+                *("--trainer.limit_val_batches", "0", "--trainer.default_root_dir", root),
+                *("--trainer.accelerator", "gpu" if device == "cuda" else "cpu", "--trainer.devices", "1"),
+            ],
+            run=False,
+        )
+        timer = EpochTimer(_sync_for(device))
+        cli.trainer.callbacks.append(timer)
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    return timer.seconds[1:]
+
+
+def time_hand_written(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, epochs: int, device: str, lr: float
+) -> list[float]:
+    """Epoch seconds of a plain PyTorch loop over tensors already on ``device``."""
+    sync = _sync_for(device)
+    model = torch.nn.Linear(x.shape[1], 1).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    seconds = []
+    for _ in range(epochs + 1):
+        sync()
+        start = time.perf_counter()
+        xs, ys = x, y
+        if shuffle:
+            order = torch.randperm(len(x)).to(device)
+            xs, ys = x[order], y[order]
+        for i in range(0, len(xs), batch_size):
+            optimizer.zero_grad()
+            loss = F.binary_cross_entropy_with_logits(model(xs[i : i + batch_size]).squeeze(-1), ys[i : i + batch_size])
+            loss.backward()
+            optimizer.step()
+        sync()
+        seconds.append(time.perf_counter() - start)
+    return seconds[1:]
+
+
+def time_naive(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, epochs: int, device: str, lr: float
+) -> list[float]:
+    """Epoch seconds of the naive template: a DataLoader over a TensorDataset in host memory."""
+    loader = DataLoader(TensorDataset(x.cpu(), y.cpu()), batch_size=batch_size, shuffle=shuffle)
+    timer = EpochTimer(_sync_for(device))
+    with tempfile.TemporaryDirectory() as root:
+        trainer = L.Trainer(
+            max_epochs=epochs + 1,
+            accelerator="gpu" if device == "cuda" else "cpu",
+            devices=1,
+            default_root_dir=root,
+            callbacks=[timer],
+            enable_model_summary=False,
+        )
+        trainer.fit(NaiveLogisticRegression(x.shape[1], lr), train_dataloaders=loader)
+    return timer.seconds[1:]
+
+
+def benchmark_mode(
+    mode: str, rows: int, features: int, batch_size: int, repeats: int, epochs: int, device: str, lr: float = 0.01
+) -> dict:
+    """Interleaved runs of the three paths for one batch mode; medians of the timed epochs and their ratios."""
+    dm = TabularDataModule(
+        dataset="synthetic",
+        synthetic_rows=rows,
+        synthetic_features=features,
+        val_fraction=_holdout(rows),
+        test_fraction=_holdout(rows),
+    )
+    dm.setup("fit")
+    x, y = (t.to(device) for t in dm.split("train"))  # the same standardised training rows for every path
+    size = {"full": len(x), "example": 1, "minibatch": batch_size}[mode]
+    shuffle = mode != "full"
+    times: dict[str, list[float]] = {"project": [], "hand": [], "naive": []}
+    # Both Lightning paths draw progress bars; send them to /dev/null alike so the table stays readable.
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        for _ in range(repeats):
+            times["project"] += time_project(mode, rows, features, batch_size, epochs, device, lr)
+            times["hand"] += time_hand_written(x, y, size, shuffle, epochs, device, lr)
+            times["naive"] += time_naive(x, y, size, shuffle, epochs, device, lr)
+    median = {path: statistics.median(seconds) for path, seconds in times.items()}
+    return {
+        "mode": mode,
+        "rows": rows,
+        "train_rows": len(x),
+        "features": features,
+        "batch_size": size,
+        "updates_per_epoch": math.ceil(len(x) / size),
+        "device": device,
+        "project_s": median["project"],
+        "hand_s": median["hand"],
+        "naive_s": median["naive"],
+        "project_over_hand": median["project"] / median["hand"],
+        "naive_over_project": median["naive"] / median["project"],
+        "samples": times,
+    }
+
+
+def measure_memory(rows: int, features: int, device: str) -> dict:
+    """Peak resident memory of a fresh process training the project in full-batch mode, against the data size."""
+    probe = ["--memory-probe", "--device", device, "--rows", str(rows), "--features", str(features)]
+    result = subprocess.run(
+        [sys.executable, "-m", "logreg.benchmark", *probe],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _memory_probe(rows: int, features: int, device: str) -> None:
+    kib = 1024
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib  # imports done, no data yet
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        time_project("full", rows, features, rows, 2, device, 0.01)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib
+    data = rows * (features + 1) * 4  # float32 features and labels
+    report = {"data_bytes": data, "peak_rss_increase_bytes": peak - before, "ratio": (peak - before) / data}
+    if device == "cuda":  # the training data lives in GPU memory there
+        report["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
+        report["cuda_ratio"] = report["peak_cuda_bytes"] / data
+    print(json.dumps(report))
+
+
+def format_table(results: list[dict]) -> str:
+    lines = [
+        "| mode | data | updates/epoch | project s/epoch | hand-written s/epoch | naive s/epoch "
+        "| project / hand | naive / project |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['mode']} | {r['rows']:,} x {r['features']} | {r['updates_per_epoch']:,} | {r['project_s']:.4f} "
+            f"| {r['hand_s']:.4f} | {r['naive_s']:.4f} | {r['project_over_hand']:.2f} | {r['naive_over_project']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
+    parser.add_argument("--rows", type=int, help="rows for every mode (default: 1M full/minibatch, 20k example)")
+    parser.add_argument("--features", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=256, help="minibatch size")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per path")
+    parser.add_argument("--epochs", type=int, default=2, help="timed epochs per run, after one warm-up epoch")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--no-memory", action="store_true", help="skip the full-batch peak memory measurement")
+    parser.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.memory_probe:
+        _memory_probe(args.rows, args.features, args.device)
+        return
+    results = []
+    for mode in args.modes:
+        rows = args.rows or MODES[mode]
+        results.append(
+            benchmark_mode(mode, rows, args.features, args.batch_size, args.repeats, args.epochs, args.device)
+        )
+        print(format_table(results[-1:]).splitlines()[-1], flush=True)
+    report = {"device": args.device, "torch": torch.__version__, "lightning": L.__version__, "modes": results}
+    if not args.no_memory:
+        report["memory"] = measure_memory(args.rows or MODES["full"], args.features, args.device)
+    print()
+    print(format_table(results))
+    if "memory" in report:
+        m = report["memory"]
+        print(
+            f"\nfull batch peak memory: {m['peak_rss_increase_bytes'] / 2**20:.0f} MiB over the baseline "
+            f"for {m['data_bytes'] / 2**20:.0f} MiB of data ({m['ratio']:.2f}x)"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
