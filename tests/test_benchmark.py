@@ -1,0 +1,42 @@
+import json
+import math
+
+import pytest
+
+from logreg.benchmark import main
+
+
+@pytest.mark.slow
+def test_benchmark_runs_all_three_paths_on_tiny_data_and_writes_consistent_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    main(
+        [
+            "--rows",
+            "300",
+            "--batch-size",
+            "64",
+            "--repeats",
+            "1",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--json",
+            str(out),
+        ]
+    )
+    report = json.loads(out.read_text())
+    modes = {r["mode"]: r for r in report["modes"]}
+    assert set(modes) == {"full", "minibatch", "example"}
+    n_train = modes["full"]["train_rows"]
+    assert n_train == 298  # 300 rows less one validation and one test row
+    assert modes["full"]["updates_per_epoch"] == 1
+    assert modes["minibatch"]["updates_per_epoch"] == math.ceil(n_train / 64)
+    assert modes["example"]["updates_per_epoch"] == n_train
+    for r in modes.values():
+        assert all(len(r["samples"][path]) == 1 for path in ("project", "hand", "naive"))
+        assert r["project_over_hand"] == pytest.approx(r["project_s"] / r["hand_s"])
+        assert r["naive_over_project"] == pytest.approx(r["naive_s"] / r["project_s"])
+    assert report["memory"]["data_bytes"] == 300 * 33 * 4
+    table = capsys.readouterr().out
+    assert "| example | 300 x 32 | 298 |" in table and "project / hand" in table
