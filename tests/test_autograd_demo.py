@@ -10,6 +10,7 @@ from logreg.autograd_demo import EXPECTED, SATURATING, check, main, saturation, 
 SCRIPT = Path(__file__).parents[1] / "scripts" / "autograd_demo.py"
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch and lightning
 def test_script_prints_the_walk_through_values_and_exits_zero():
     result = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
