@@ -133,3 +133,8 @@ def test_script_lr_option_sets_every_mode_or_one():
     script = load_script()
     assert script.parse_args(["--lr", "0.2", "example=0.01"]).lr == [(None, 0.2), ("example", 0.01)]
     assert script.learning_rates([(None, 0.2), ("example", 0.01)]) == {"full": 0.2, "minibatch": 0.2, "example": 0.01}
+
+
+def test_default_learning_rates_are_the_configs():
+    configs = [yaml.safe_load(path.read_text()) for path in sorted((ROOT / "configs").glob("*.yaml"))]
+    assert {c["data"]["batch_mode"]: c["model"]["lr"] for c in configs} == DEFAULT_LR
