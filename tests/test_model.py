@@ -1,8 +1,15 @@
+import math
+
+import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import scalars
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata as hparams_metadata
 
-from logreg import LogisticRegression
+from logreg import LogisticRegression, TabularDataModule
 
 
 def test_bce_with_logits_equals_sigmoid_then_bce_for_moderate_logits():
@@ -58,14 +65,6 @@ def test_invalid_optimizer_lists_the_choices():
 
 
 def test_epoch_loss_is_the_row_weighted_mean_of_the_step_losses(tmp_path):
-    import math
-
-    import lightning as L
-    from conftest import scalars
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    from logreg import TabularDataModule
-
     dm = TabularDataModule(dataset="synthetic", synthetic_rows=100, synthetic_features=3, batch_size=16)
     trainer = L.Trainer(
         max_epochs=1,
@@ -84,3 +83,32 @@ def test_epoch_loss_is_the_row_weighted_mean_of_the_step_losses(tmp_path):
     expected = sum(v * n for v, n in zip(steps, sizes, strict=True)) / n_train
     assert series["train/loss_epoch"][0][1] == pytest.approx(expected, rel=1e-6)
     assert expected != pytest.approx(sum(steps) / len(steps), rel=1e-6)  # an unweighted mean would differ
+
+
+def session_hparams(run_dir) -> dict:
+    """The hyperparameters a run wrote for TensorBoard's HPARAMS tab, read back from its event file."""
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    content = events.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
+    assert hparams_metadata.EXPERIMENT_TAG not in content  # TensorBoard then builds it from every run
+    start = hparams_metadata.parse_session_start_info_plugin_data(content[hparams_metadata.SESSION_START_INFO_TAG])
+    return {name: getattr(value, value.WhichOneof("kind")) for name, value in start.hparams.items()}
+
+
+@pytest.mark.parametrize(("batch_mode", "rows_per_update"), [("full", 120), ("example", 1), ("minibatch", 16)])
+def test_fit_writes_the_hyperparameters_for_tensorboards_hparams_tab(tmp_path, batch_mode, rows_per_update):
+    dm = TabularDataModule(
+        dataset="synthetic", synthetic_rows=200, synthetic_features=3, batch_mode=batch_mode, batch_size=16
+    )
+    logger = TensorBoardLogger(tmp_path, name=batch_mode, default_hp_metric=False)
+    trainer = L.Trainer(max_steps=1, logger=logger, enable_progress_bar=False, enable_checkpointing=False)
+    trainer.fit(LogisticRegression(num_features=3, optimizer="adam", lr=0.03), datamodule=dm)
+    assert session_hparams(tmp_path / batch_mode / "version_0") == {
+        "optimizer": "adam",
+        "lr": pytest.approx(0.03),
+        "momentum": 0.0,
+        "weight_decay": 0.0,
+        "dataset": "synthetic",
+        "batch_mode": batch_mode,
+        "batch_size": rows_per_update,  # what one update sees: the whole split (120 rows) in full mode
+    }

@@ -12,11 +12,13 @@ from typing import Literal, get_args
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.tensorboard.summary import hparams as hparams_summary
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryF1Score
 from typing_extensions import override
 
-from logreg.data import check_choice
+from logreg.data import TabularDataModule, check_choice
 
 Optimizer = Literal["sgd", "adam"]
 
@@ -70,6 +72,25 @@ class LogisticRegression(L.LightningModule):
     @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x).squeeze(-1)  # (B, D) -> (B,) logits
+
+    @override
+    def on_fit_start(self) -> None:
+        # TensorBoard's HPARAMS tab: each run states its hyperparameters. No experiment summary is written, so
+        # TensorBoard builds it from all runs and offers every scalar tag (val/loss, val/acc, ...) as a metric,
+        # showing its last value; nothing else needs logging.
+        if not self.trainer.is_global_zero:  # other ranks' loggers write nothing
+            return
+        hparams = {name: self.hparams[name] for name in ("optimizer", "lr", "momentum", "weight_decay")}
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if isinstance(datamodule, TabularDataModule):
+            hparams["dataset"] = str(datamodule.hparams.dataset)
+            hparams["batch_mode"] = datamodule.hparams.batch_mode
+            hparams["batch_size"] = datamodule.train_batch_size  # rows per update: N in full mode, 1 per example
+        _, session_start, _ = hparams_summary(hparams, {})
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                # The writer Lightning's own log_hyperparams uses; it reopens if an earlier fit closed it.
+                logger.experiment._get_file_writer().add_summary(session_start)
 
     @override
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -1,0 +1,145 @@
+"""A real TensorBoard server over the logs of short runs: what its HTTP data API serves is what was logged."""
+
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import scalars
+
+from logreg.cli import main
+
+TINY = ["--data.dataset", "synthetic", "--data.synthetic_rows", "200", "--data.synthetic_features", "3"]
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+STARTUP_S = 30  # bound on every wait for the server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str, body: dict | None = None):
+    """JSON from a GET, or from a POST of ``body`` (the hparams plugin takes its request that way)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
+def poll(fetch, ready, what: str):
+    """fetch() until ready(result) holds, for at most STARTUP_S seconds."""
+    deadline, last = time.monotonic() + STARTUP_S, None
+    while time.monotonic() < deadline:
+        try:
+            last = fetch()
+            if ready(last):
+                return last
+        except (urllib.error.URLError, ConnectionError):
+            pass  # not listening yet
+        time.sleep(0.25)
+    raise AssertionError(f"TensorBoard did not serve {what} within {STARTUP_S} s; last answer: {last!r}")
+
+
+@pytest.fixture
+def tensorboard(tmp_path):
+    """A function that starts `tensorboard --logdir DIR` on a free local port and returns its URL; stopped after the test."""
+    servers, stack = [], contextlib.ExitStack()
+
+    def start(logdir: Path) -> str:
+        port = free_port()
+        log = stack.enter_context((tmp_path / "tensorboard.log").open("w"))
+        servers.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tensorboard.main",
+                    "--logdir",
+                    str(logdir),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for server in servers:
+        server.terminate()
+        try:
+            server.wait(timeout=STARTUP_S)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    stack.close()
+
+
+@pytest.mark.slow
+def test_tensorboard_serves_the_runs_scalars_and_hyperparameters(tmp_path, tensorboard):
+    logs = tmp_path / "logs"
+    for mode in ("full", "minibatch"):
+        main(
+            [
+                "fit",
+                *TINY,
+                *QUIET,
+                "--trainer.default_root_dir",
+                str(logs),
+                "--data.batch_mode",
+                mode,
+                "--data.batch_size",
+                "40",
+                "--trainer.max_epochs",
+                "3",
+                "--trainer.log_every_n_steps",
+                "1",
+            ]
+        )
+    runs = ["full/version_0", "minibatch/version_0"]
+    url = tensorboard(logs)
+
+    served = poll(lambda: get(f"{url}/data/runs"), lambda r: sorted(r) == runs, "both runs")
+    assert sorted(served) == runs
+    tags = poll(lambda: get(f"{url}/data/plugin/scalars/tags"), lambda t: set(t) == set(runs), "scalar tags")
+    for run in runs:
+        assert {"train/loss", "val/loss", "val/acc"} <= set(tags[run]), run
+        written = scalars(logs / run)
+        for tag in ("train/loss", "val/loss", "val/acc"):
+            query = urllib.parse.urlencode({"run": run, "tag": tag})
+            points = get(f"{url}/data/plugin/scalars/scalars?{query}")  # [[wall_time, step, value], ...]
+            assert [(step, pytest.approx(value)) for _, step, value in points] == written[tag], (run, tag)
+    # one update per epoch in full mode, ceil(120 / 40) = 3 in minibatch mode: train/loss at every update
+    assert [s for s, _ in scalars(logs / "full/version_0")["train/loss"]] == [0, 1, 2]
+    assert [s for s, _ in scalars(logs / "minibatch/version_0")["train/loss"]] == list(range(9))
+
+    # The HPARAMS tab: one session per run, its hyperparameters, and the last val/acc as a metric.
+    request = {
+        "experimentName": "",
+        "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
+        "colParams": [{"hparam": "batch_mode"}, {"metric": {"tag": "val/acc", "group": ""}}],
+        "startIndex": 0,
+        "sliceSize": 10,
+        "includeMetrics": True,
+    }
+    groups = get(f"{url}/data/plugin/hparams/session_groups", request)["sessionGroups"]
+    assert sorted(g["name"] for g in groups) == runs
+    for group in groups:
+        run = group["name"]
+        assert group["hparams"]["batch_mode"] == run.split("/")[0]
+        assert group["hparams"]["batch_size"] == {"full": 120, "minibatch": 40}[run.split("/")[0]]
+        assert group["hparams"]["dataset"] == "synthetic" and group["hparams"]["optimizer"] == "sgd"
+        metrics = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
+        assert metrics["val/acc"] == pytest.approx(scalars(logs / run)["val/acc"][-1][1])
