@@ -84,3 +84,23 @@ def test_unknown_batch_mode_exits_non_zero_naming_the_choices(tmp_path):
     assert result.returncode != 0
     assert "stochastic" in result.stderr and all(m in result.stderr for m in ("full", "example", "minibatch"))
     assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_lbfgs_with_a_batch_mode_other_than_full_is_a_clear_error_before_any_run(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        fit(tmp_path, "--model.optimizer", "lbfgs", "--data.batch_mode", "minibatch")
+    assert exit_info.value.code != 0
+    assert "--model.optimizer lbfgs needs --data.batch_mode full (one batch per epoch); got 'minibatch'" in (
+        capsys.readouterr().err
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_last_checkpoint_holds_the_final_epoch_even_when_val_loss_got_worse(tmp_path):
+    # lr 50 overshoots, so val/loss rises after the first epochs; last.ckpt must still be the final state.
+    fit(tmp_path, "--data.batch_mode", "full", "--model.lr", "50", "--trainer.max_epochs", "6")
+    checkpoints = tmp_path / "full" / "version_0" / "checkpoints"
+    (best,) = checkpoints.glob("best-epoch*.ckpt")
+    assert best.name != "best-epoch5.ckpt"
+    last = torch.load(checkpoints / "last.ckpt", weights_only=False)
+    assert (last["epoch"], last["global_step"]) == (5, 6)

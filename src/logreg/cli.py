@@ -21,6 +21,15 @@ from logreg.model import LogisticRegression
 DEFAULT_LOG_DIR = "lightning_logs"
 
 
+def last_checkpoint() -> ModelCheckpoint:
+    """``last.ckpt`` written after every epoch, the state ``--ckpt_path last`` resumes from.
+
+    ``ModelCheckpoint(save_last=True)`` on the monitored callback would not do: Lightning refreshes that
+    copy only when a best checkpoint is saved, so after an epoch without improvement it holds an older state.
+    """
+    return ModelCheckpoint(filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
+
+
 class LogRegCLI(LightningCLI):
     """LightningCLI with the template's defaults: a TensorBoard run per batch mode, best and last checkpoints."""
 
@@ -31,7 +40,6 @@ class LogRegCLI(LightningCLI):
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/loss",
-                "checkpoint.save_last": True,
                 "checkpoint.filename": "best-epoch{epoch}",
                 "checkpoint.auto_insert_metric_name": False,
             }
@@ -40,6 +48,11 @@ class LogRegCLI(LightningCLI):
     @override
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if self.subcommand == "fit" and config.model.optimizer == "lbfgs" and config.data.batch_mode != "full":
+            # Checked here, before any run directory exists; the model checks again for Python users.
+            self.parser.error(
+                f"--model.optimizer lbfgs needs --data.batch_mode full (one batch per epoch); got {config.data.batch_mode!r}."
+            )
         if config.trainer.logger in (None, True):
             # One run directory per batch mode (DIR/<mode>/version_N), so the modes overlay in TensorBoard.
             config.trainer.logger = Namespace(
@@ -91,7 +104,8 @@ def main(args: list[str] | None = None) -> None:
             args=args,
             seed_everything_default=42,
             auto_configure_optimizers=False,
-            trainer_defaults={"max_epochs": 20, "log_every_n_steps": 5},
+            # Default callbacks are added to any given with --trainer.callbacks.
+            trainer_defaults={"max_epochs": 20, "log_every_n_steps": 5, "callbacks": [last_checkpoint()]},
         )
     except DataError as err:
         raise SystemExit(f"error: {err}") from None
