@@ -75,6 +75,7 @@ def test_predicting_from_a_checkpoint_returns_probabilities(tmp_path):
 
 
 def test_unknown_batch_mode_exits_non_zero_naming_the_choices(tmp_path):
+    # configs/ddp.yaml, with two CPU processes instead of every GPU
     result = subprocess.run(
         [sys.executable, "-m", "logreg", "fit", "--data.batch_mode", "stochastic"],
         capture_output=True,
@@ -109,7 +110,7 @@ def test_last_checkpoint_holds_the_final_epoch_even_when_val_loss_got_worse(tmp_
 # DDP on CPU: 2 processes talking over gloo. 203 synthetic rows leave 121 training rows, odd, so the shards of a
 # global batch cannot be equal; validation (41 rows) is split 20 / 21.
 DDP_ROWS = ["--data.dataset", "synthetic", "--data.synthetic_rows", "203", "--data.synthetic_features", "3"]
-DDP_CPU = ["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2"]
+DDP_CPU = ["--config", "configs/ddp.yaml", "--trainer.accelerator", "cpu", "--trainer.devices", "2"]
 
 
 def identical(a: object, b: object) -> bool:
@@ -142,6 +143,7 @@ def test_ddp_on_two_processes_trains_like_one_process_with_the_global_batch(
     tmp_path, mode_args, single_process_args, steps_per_epoch
 ):
     common = [*DDP_ROWS, *QUIET, "--model.lr", "0.5", "--model.momentum", "0.5", "--trainer.max_epochs", "3"]
+    # configs/ddp.yaml, with two CPU processes instead of every GPU
     result = subprocess.run(
         [
             sys.executable,
@@ -157,6 +159,7 @@ def test_ddp_on_two_processes_trains_like_one_process_with_the_global_batch(
         capture_output=True,
         text=True,
         timeout=300,
+        cwd=Path(__file__).parent.parent,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     main(["fit", *common, *single_process_args, "--trainer.default_root_dir", str(tmp_path / "one")])

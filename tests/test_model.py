@@ -131,8 +131,10 @@ def objective(x: torch.Tensor, y: torch.Tensor, params: torch.Tensor, weight_dec
     return (loss + weight_decay / 2 * params[:-1].square().sum()).item()
 
 
-def test_lbfgs_reaches_the_unpenalised_sklearn_solution_in_a_few_dozen_steps():
-    x, y, params = train_on_banknote(epochs=40, optimizer="lbfgs", lr=1.0)
+def test_lbfgs_config_reaches_the_unpenalised_sklearn_solution_in_a_few_dozen_steps():
+    config = yaml.safe_load((CONFIGS / "lbfgs.yaml").read_text())
+    assert config["data"]["batch_mode"] == "full" and config["trainer"]["max_epochs"] <= 40
+    x, y, params = train_on_banknote(config["trainer"]["max_epochs"], **config["model"])
     reference = sklearn_reference(x, y)
     assert reference.abs().max() > 25  # the large-coefficient optimum described above
     # measured: 4e-5 (float32 training against float64 scikit-learn) and 7e-14
