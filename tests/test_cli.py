@@ -85,6 +85,7 @@ def test_predicting_from_a_checkpoint_returns_probabilities(tmp_path):
 
 
 def test_unknown_batch_mode_exits_non_zero_naming_the_choices(tmp_path):
+    # configs/ddp.yaml, with two CPU processes instead of every GPU
     result = subprocess.run(
         [sys.executable, "-m", "logreg", "fit", "--data.batch_mode", "stochastic"],
         capture_output=True,
@@ -94,3 +95,122 @@ def test_unknown_batch_mode_exits_non_zero_naming_the_choices(tmp_path):
     assert result.returncode != 0
     assert "stochastic" in result.stderr and all(m in result.stderr for m in ("full", "example", "minibatch"))
     assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_lbfgs_with_a_batch_mode_other_than_full_is_a_clear_error_before_any_run(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        fit(tmp_path, "--model.optimizer", "lbfgs", "--data.batch_mode", "minibatch")
+    assert exit_info.value.code != 0
+    assert "--model.optimizer lbfgs needs --data.batch_mode full (one batch per epoch); got 'minibatch'" in (
+        capsys.readouterr().err
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_last_checkpoint_holds_the_final_epoch_even_when_val_loss_got_worse(tmp_path):
+    # lr 50 overshoots, so val/loss rises after the first epochs; last.ckpt must still be the final state.
+    fit(tmp_path, "--data.batch_mode", "full", "--model.lr", "50", "--trainer.max_epochs", "6")
+    checkpoints = tmp_path / "full" / "version_0" / "checkpoints"
+    (best,) = checkpoints.glob("best-epoch*.ckpt")
+    assert best.name != "best-epoch5.ckpt"
+    last = torch.load(checkpoints / "last.ckpt", weights_only=False)
+    assert (last["epoch"], last["global_step"]) == (5, 6)
+
+
+# DDP on CPU: 2 processes talking over gloo. 203 synthetic rows leave 121 training rows, odd, so the shards of a
+# global batch cannot be equal; validation (41 rows) is split 20 / 21.
+DDP_ROWS = ["--data.dataset", "synthetic", "--data.synthetic_rows", "203", "--data.synthetic_features", "3"]
+DDP_CPU = ["--config", "configs/ddp.yaml", "--trainer.accelerator", "cpu", "--trainer.devices", "2"]
+
+
+def identical(a: object, b: object) -> bool:
+    """Bitwise equality of nested dicts / lists of tensors and numbers."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(identical(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(identical, a, b))
+    return a == b
+
+
+def final_state(run: Path) -> tuple[dict, dict[str, list[tuple[int, float]]]]:
+    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=False), scalars(run)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("mode_args", "single_process_args", "steps_per_epoch"),
+    [
+        (["--data.batch_mode", "full"], ["--data.batch_mode", "full"], 1),
+        # One example per process, 2 per update: ceil(121 / 2) = 61 updates, the last one's shard on rank 0
+        # empty. Minibatch mode runs the same code with B rows per process (its sharding: test_data.py).
+        (["--data.batch_mode", "example"], ["--data.batch_mode", "minibatch", "--data.batch_size", "2"], 61),
+    ],
+    ids=["full", "example"],
+)
+def test_ddp_on_two_processes_trains_like_one_process_with_the_global_batch(
+    tmp_path, mode_args, single_process_args, steps_per_epoch
+):
+    common = [*DDP_ROWS, *QUIET, "--model.lr", "0.5", "--model.momentum", "0.5", "--trainer.max_epochs", "3"]
+    # configs/ddp.yaml, with two CPU processes instead of every GPU
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "logreg",
+            "fit",
+            *common,
+            *mode_args,
+            *DDP_CPU,
+            "--trainer.default_root_dir",
+            str(tmp_path / "ddp"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    main(["fit", *common, *single_process_args, "--trainer.default_root_dir", str(tmp_path / "one")])
+    (ddp_run,) = (tmp_path / "ddp").glob("*/version_0")
+    (one_run,) = (tmp_path / "one").glob("*/version_0")
+    (ddp, ddp_logged), (one, one_logged) = final_state(ddp_run), final_state(one_run)
+    assert ddp["global_step"] == one["global_step"] == 3 * steps_per_epoch
+    for name, value in one["state_dict"].items():
+        if name.startswith("linear."):
+            torch.testing.assert_close(ddp["state_dict"][name], value, rtol=0, atol=1e-5)
+    assert one["state_dict"]["linear.weight"].abs().max() > 0.1  # trained, not zeros
+    # epoch metrics gathered from both ranks: the full training and validation sets
+    for tag in ("train/loss_epoch", "val/loss", "val/acc", "val/auroc", "val/f1"):
+        assert ddp_logged[tag][-1][1] == pytest.approx(one_logged[tag][-1][1], abs=1e-5), tag
+
+
+@pytest.mark.parametrize(
+    ("mode_args", "epochs"),
+    [
+        (["--data.batch_mode", "full", "--model.optimizer", "lbfgs", "--model.lr", "1.0"], 6),  # L-BFGS history
+        (["--data.batch_mode", "example", "--model.optimizer", "adam", "--model.lr", "0.01"], 2),  # Adam moments
+        (["--data.batch_mode", "minibatch", "--data.batch_size", "16", "--model.momentum", "0.9"], 4),  # momentum
+    ],
+    ids=["full", "example", "minibatch"],
+)
+def test_resuming_halfway_ends_bit_identical_to_training_straight_through(tmp_path, mode_args, epochs):
+    args = (*mode_args, "--trainer.log_every_n_steps", "1")
+    fit(tmp_path / "straight", *args, "--trainer.max_epochs", str(epochs))
+    fit(tmp_path / "split", *args, "--trainer.max_epochs", str(epochs // 2))
+    fit(tmp_path / "split", *args, "--trainer.max_epochs", str(epochs), "--ckpt_path", "last")
+    (straight_run,) = (tmp_path / "straight").glob("*/version_0")
+    (resumed_run,) = (tmp_path / "split").glob("*/version_1")
+    (straight, straight_logged), (resumed, resumed_logged) = final_state(straight_run), final_state(resumed_run)
+    assert resumed["global_step"] == straight["global_step"] > 0
+    assert straight["state_dict"].keys() == resumed["state_dict"].keys()
+    for name, value in straight["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][name], value), name
+    assert straight["TabularDataModule"]["mean"].equal(resumed["TabularDataModule"]["mean"])
+    optimizer_state = straight["optimizer_states"][0]["state"]
+    assert optimizer_state, "the optimizer keeps state that the resumed run must have restored"
+    assert identical(resumed["optimizer_states"][0]["state"], optimizer_state)
+    # the resumed run logs only the second half; its final values equal the straight run's, step for step
+    for tag, series in straight_logged.items():
+        assert resumed_logged[tag][-1] == series[-1], tag

@@ -136,5 +136,7 @@ def test_script_lr_option_sets_every_mode_or_one():
 
 
 def test_default_learning_rates_are_the_configs():
-    configs = [yaml.safe_load(path.read_text()) for path in sorted((ROOT / "configs").glob("*.yaml"))]
-    assert {c["data"]["batch_mode"]: c["model"]["lr"] for c in configs} == DEFAULT_LR
+    names = {"full": "full_batch", "example": "per_example", "minibatch": "minibatch"}
+    configs = {mode: yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text()) for mode, name in names.items()}
+    assert {mode: c["model"]["lr"] for mode, c in configs.items()} == DEFAULT_LR
+    assert all(c["data"]["batch_mode"] == mode for mode, c in configs.items())

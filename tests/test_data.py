@@ -113,3 +113,32 @@ def test_num_features_comes_from_the_csv_header(csv_file):
     assert TabularDataModule(dataset=str(csv_file())).num_features == 3
     assert TabularDataModule().num_features == 4
     assert TabularDataModule(dataset="synthetic", synthetic_features=7).num_features == 7
+
+
+@pytest.mark.parametrize(
+    ("n", "global_batch", "world_size"), [(61, 61, 2), (61, 2, 2), (61, 16, 2), (10, 4, 3), (5, 3, 4)]
+)
+def test_ddp_shards_split_every_global_batch_into_disjoint_near_equal_parts(n, global_batch, world_size):
+    x, y = torch.arange(float(n)), torch.arange(float(n)) * 10
+    single = list(TensorBatches(x, y, batch_size=global_batch, shuffle=True, seed=3))
+    ranks = [
+        list(TensorBatches(x, y, batch_size=global_batch, shuffle=True, seed=3, rank=r, world_size=world_size))
+        for r in range(world_size)
+    ]
+    # every rank takes the same number of steps (DDP would hang otherwise): one per global batch
+    assert (
+        [len(batches) for batches in ranks] == [len(single)] * world_size == [math.ceil(n / global_batch)] * world_size
+    )
+    for step, (bx, _) in enumerate(single):
+        shards = [batches[step] for batches in ranks]
+        assert [rows for _, _, rows in shards] == [len(bx)] * world_size  # each shard names its global batch size
+        assert torch.equal(torch.cat([sx for sx, _, _ in shards]), bx)  # together: the single-process batch
+        assert all(torch.equal(sy, sx * 10) for sx, sy, _ in shards)  # rows stay paired with their labels
+        sizes = [len(sx) for sx, _, _ in shards]
+        assert max(sizes) - min(sizes) <= 1
+
+
+def test_ddp_shards_of_an_unshuffled_full_batch_are_views():
+    x = torch.randn(7, 2)
+    (sx, _, rows), *_ = TensorBatches(x, torch.zeros(7), batch_size=7, rank=1, world_size=2)
+    assert rows == 7 and len(sx) == 4 and sx.data_ptr() == x[3:].data_ptr()

@@ -22,6 +22,15 @@ DEFAULT_LOG_DIR = "lightning_logs"
 PROGRESS_REFRESH_RATE = 50
 
 
+def last_checkpoint() -> ModelCheckpoint:
+    """``last.ckpt`` written after every epoch, the state ``--ckpt_path last`` resumes from.
+
+    ``ModelCheckpoint(save_last=True)`` on the monitored callback would not do: Lightning refreshes that
+    copy only when a best checkpoint is saved, so after an epoch without improvement it holds an older state.
+    """
+    return ModelCheckpoint(filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
+
+
 class LogRegCLI(LightningCLI):
     """LightningCLI with the template's defaults: a TensorBoard run per batch mode, best and last checkpoints."""
 
@@ -32,7 +41,6 @@ class LogRegCLI(LightningCLI):
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/loss",
-                "checkpoint.save_last": True,
                 "checkpoint.filename": "best-epoch{epoch}",
                 "checkpoint.auto_insert_metric_name": False,
             }
@@ -53,6 +61,11 @@ class LogRegCLI(LightningCLI):
                     init_args=Namespace(refresh_rate=PROGRESS_REFRESH_RATE, process_position=0, leave=False),
                 ),
             ]
+        if self.subcommand == "fit" and config.model.optimizer == "lbfgs" and config.data.batch_mode != "full":
+            # Checked here, before any run directory exists; the model checks again for Python users.
+            self.parser.error(
+                f"--model.optimizer lbfgs needs --data.batch_mode full (one batch per epoch); got {config.data.batch_mode!r}."
+            )
         if config.trainer.logger in (None, True):
             # One run directory per batch mode (DIR/<mode>/version_N), so the modes overlay in TensorBoard.
             config.trainer.logger = Namespace(
@@ -104,7 +117,8 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> LogRegCLI:
         run=run,
         seed_everything_default=42,
         auto_configure_optimizers=False,
-        trainer_defaults={"max_epochs": 20},
+        # Default callbacks are added to any given with --trainer.callbacks.
+        trainer_defaults={"max_epochs": 20, "callbacks": [last_checkpoint()]},
     )
 
 

@@ -9,10 +9,21 @@
 Batches are slices of tensors held in memory (on the training device when it has room): one shuffle per
 epoch, then a view per step. A ``DataLoader`` over a ``TensorDataset`` would index and collate row by row,
 which costs hundreds of times more than the update itself for large batches.
+
+Under DDP (world size W > 1) the data module shards itself: Lightning injects a ``DistributedSampler``
+only into ``DataLoader`` objects, and that sampler pads the shards with repeated rows, which would bias
+full-batch gradient descent. Here an update takes a *global* batch of W times the rows of one process
+(``full``: all N rows; ``example``: W rows; ``minibatch``: W * batch_size rows), drawn from the same
+shuffled order a single process would use, and split into W disjoint near-equal shards, one per rank.
+Each shard carries its global batch's row count, so the model weights it to make the ranks' averaged
+gradient equal the global batch's mean gradient exactly. Every rank takes ceil(N / global batch) steps
+per epoch, as DDP needs. Validation and test rows are split into W contiguous shards, and the metrics
+(torchmetrics) combine them.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterator
 from typing import Literal, get_args
@@ -53,11 +64,17 @@ class TensorBatches:
         shuffle: Whether to draw a new row order every epoch.
         seed: Seed of the shuffle.
         epoch: Returns the current epoch (e.g. the Trainer's); default: count the passes over this object.
+        rank: This process's rank under DDP.
+        world_size: Number of DDP processes. Above 1, each batch of ``batch_size`` rows is a global batch:
+            this object yields shard ``rank`` of it (rows ``[rank * n // W, (rank + 1) * n // W)`` of its
+            ``n`` rows) followed by ``n``, so batches are ``(*shards, n)``.
 
     Example:
         >>> batches = TensorBatches(torch.arange(10.0).view(5, 2), torch.zeros(5), batch_size=2)
         >>> len(batches), [tuple(x.shape) for x, y in batches]
         (3, [(2, 2), (2, 2), (1, 2)])
+        >>> [(x[:, 0].tolist(), n) for x, y, n in TensorBatches(*batches.tensors, batch_size=5, rank=1, world_size=2)]
+        [([4.0, 6.0, 8.0], 5)]
     """
 
     def __init__(
@@ -67,11 +84,15 @@ class TensorBatches:
         shuffle: bool = False,
         seed: int = 0,
         epoch: Callable[[], int] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.tensors = tensors
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
         self._epoch = epoch
         self._passes = 0
 
@@ -82,13 +103,37 @@ class TensorBatches:
         tensors = self.tensors
         epoch = self._epoch() if self._epoch is not None else self._passes
         self._passes += 1
+        order = None
         if self.shuffle:
-            # Distinct seeds per (seed, epoch) pair; the order is drawn on the CPU so it is the same on any device.
+            # Distinct seeds per (seed, epoch) pair; the order is drawn on the CPU so it is the same on any device
+            # and on every DDP rank.
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            order = torch.randperm(len(tensors[0]), generator=gen).to(tensors[0].device)
-            tensors = tuple(t[order] for t in tensors)  # one gather per epoch, then views
+            order = torch.randperm(len(tensors[0]), generator=gen)
+        if self.world_size > 1:
+            yield from self._shards(order)
+            return
+        if order is not None:
+            tensors = tuple(t[order.to(t.device)] for t in tensors)  # one gather per epoch, then views
         for start in range(0, len(tensors[0]), self.batch_size):
             yield tuple(t[start : start + self.batch_size] for t in tensors)
+
+    def _shards(self, order: torch.Tensor | None) -> Iterator[tuple[torch.Tensor | int, ...]]:
+        """This rank's shard of every global batch, each followed by the global batch's row count."""
+        n = len(self.tensors[0])
+        rank, world = self.rank, self.world_size
+        bounds = []  # (first, end, rows of the global batch) of this rank's shard, per global batch
+        for start in range(0, n, self.batch_size):
+            rows = min(self.batch_size, n - start)
+            bounds.append((start + rank * rows // world, start + (rank + 1) * rows // world, rows))
+        tensors = self.tensors
+        if order is not None:  # gather this rank's rows of the whole epoch once, then serve views
+            picked = torch.cat([order[first:end] for first, end, _ in bounds])
+            tensors = tuple(t[picked.to(t.device)] for t in tensors)
+            sizes = [end - first for first, end, _ in bounds]
+            ends = list(itertools.accumulate(sizes))
+            bounds = [(end - size, end, rows) for end, size, (_, _, rows) in zip(ends, sizes, bounds, strict=True)]
+        for first, end, rows in bounds:
+            yield (*(t[first:end] for t in tensors), rows)
 
 
 class TabularDataModule(L.LightningDataModule):
@@ -100,7 +145,8 @@ class TabularDataModule(L.LightningDataModule):
     Args:
         dataset: ``banknote`` (embedded UCI data), ``synthetic``, or the path of a CSV file with a header row.
         batch_mode: ``full`` (gradient descent), ``example`` (stochastic gradient descent) or ``minibatch``.
-        batch_size: Rows per update in ``minibatch`` mode; a size above the training rows acts as ``full``.
+        batch_size: Rows per update in ``minibatch`` mode, per process under DDP (an update then takes
+            ``batch_size * world_size`` rows); a size above the training rows acts as ``full``.
         label_column: Name of the CSV label column (values 0 or 1); default the last column.
         val_fraction: Fraction of rows held out for validation.
         test_fraction: Fraction of rows held out for testing.
@@ -170,10 +216,11 @@ class TabularDataModule(L.LightningDataModule):
 
     @property
     def train_batch_size(self) -> int:
+        """Rows per weight update: under DDP the global batch, i.e. all ranks' shards together."""
         n_train = len(self._raw["train"][0])
-        return {"full": n_train, "example": 1, "minibatch": min(self.hparams.batch_size, n_train)}[
-            self.hparams.batch_mode
-        ]
+        world = self._rank_and_world_size()[1]
+        per_process = {"full": n_train, "example": 1, "minibatch": self.hparams.batch_size}[self.hparams.batch_mode]
+        return min(per_process * world, n_train)
 
     def load_table(self) -> Table:
         """All rows of the configured dataset, in file order."""
@@ -225,24 +272,37 @@ class TabularDataModule(L.LightningDataModule):
                 return tensors
         return tuple(t.to(device) for t in tensors)
 
+    def _rank_and_world_size(self) -> tuple[int, int]:
+        return (0, 1) if self.trainer is None else (self.trainer.global_rank, self.trainer.world_size)
+
+    def _eval_shard(self, stage: str) -> tuple[torch.Tensor, ...]:
+        """This rank's contiguous share of a validation or test split (all of it on one process)."""
+        tensors = self.split(stage)
+        rank, world = self._rank_and_world_size()
+        n = len(tensors[0])
+        return tuple(t[rank * n // world : (rank + 1) * n // world] for t in tensors)
+
     @override
     def train_dataloader(self) -> TensorBatches:
         shuffle = self.hparams.batch_mode != "full"  # the full-batch gradient does not depend on row order
+        rank, world = self._rank_and_world_size()
         return TensorBatches(
             *self.split("train"),
             batch_size=self.train_batch_size,
             shuffle=shuffle,
             seed=self.hparams.seed,
             epoch=lambda: self.trainer.current_epoch,
+            rank=rank,
+            world_size=world,
         )
 
     @override
     def val_dataloader(self) -> TensorBatches:
-        return TensorBatches(*self.split("val"), batch_size=self.hparams.eval_batch_size)
+        return TensorBatches(*self._eval_shard("val"), batch_size=self.hparams.eval_batch_size)
 
     @override
     def test_dataloader(self) -> TensorBatches:
-        return TensorBatches(*self.split("test"), batch_size=self.hparams.eval_batch_size)
+        return TensorBatches(*self._eval_shard("test"), batch_size=self.hparams.eval_batch_size)
 
     @override
     def predict_dataloader(self) -> TensorBatches:

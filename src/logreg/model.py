@@ -1,7 +1,9 @@
 """Logistic regression as a LightningModule: one linear layer whose logits meet BCE-with-logits.
 
 The model does not know which gradient-descent variant runs; the data module decides that by the size of
-the batches it serves. ``binary_cross_entropy_with_logits`` takes logits, not probabilities: it equals
+the batches it serves. Under DDP a training batch is one rank's shard of a global batch and carries that
+global batch's row count (see ``TensorBatches``), so the ranks' averaged gradient is exactly the global
+batch's mean gradient. ``binary_cross_entropy_with_logits`` takes logits, not probabilities: it equals
 sigmoid followed by BCE, but computes log(sigmoid(z)) stably, so it stays exact where sigmoid saturates.
 """
 
@@ -20,7 +22,7 @@ from typing_extensions import override
 
 from logreg.data import TabularDataModule, check_choice
 
-Optimizer = Literal["sgd", "adam"]
+Optimizer = Literal["sgd", "adam", "lbfgs"]
 
 
 class LogisticRegression(L.LightningModule):
@@ -31,10 +33,13 @@ class LogisticRegression(L.LightningModule):
 
     Args:
         num_features: Inputs per row; the CLI links it from the data module.
-        optimizer: ``sgd`` (plain gradient descent, the lesson of this template) or ``adam``.
-        lr: Learning rate.
+        optimizer: ``sgd`` (plain gradient descent, the lesson of this template), ``adam``, or ``lbfgs``
+            (quasi-Newton, one L-BFGS iteration per update; needs ``batch_mode: full`` and takes ``lr`` 1).
+        lr: Learning rate (for ``lbfgs``, the fraction of the quasi-Newton step taken).
         momentum: SGD momentum (0 is plain gradient descent).
-        weight_decay: L2 penalty coefficient added by the optimizer.
+        weight_decay: Coefficient ``wd`` of the L2 penalty ``wd / 2 * ||w||^2`` on the weights (not the bias)
+            added to the mean training loss: the same update as SGD's ``weight_decay`` on the weights, and
+            scikit-learn's ``LogisticRegression(C=1 / (N_train * wd))``.
 
     Example:
         >>> model = LogisticRegression(num_features=4)
@@ -54,15 +59,15 @@ class LogisticRegression(L.LightningModule):
         check_choice("optimizer", optimizer, get_args(Optimizer))
         if lr <= 0:
             raise ValueError(f"lr must be positive; got {lr}.")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be zero or positive; got {weight_decay}.")
         self.save_hyperparameters()
         self.linear = torch.nn.Linear(num_features, 1)
         torch.nn.init.zeros_(self.linear.weight)
         torch.nn.init.zeros_(self.linear.bias)
         # The epoch mean of the training loss. A metric's update costs more than a small weight update, so each
-        # step only adds loss * rows to a running sum on the device (no host sync); the metric sees it once per
-        # epoch, which also makes it sync across processes under DDP, weighted by rows.
-        self.register_buffer("_loss_sum", torch.zeros(()), persistent=False)
-        self._rows = 0
+        # step only adds loss * rows to a running sum on the device (no host sync, see on_train_epoch_start);
+        # the metric sees it once per epoch, and syncs it across DDP processes weighted by rows.
         self.train_loss = MeanMetric()
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         scores = MetricCollection({"acc": BinaryAccuracy(), "auroc": BinaryAUROC(), "f1": BinaryF1Score()})
@@ -93,24 +98,41 @@ class LogisticRegression(L.LightningModule):
                 logger.experiment._get_file_writer().add_summary(session_start)
 
     @override
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def on_train_start(self) -> None:
+        if self.hparams.optimizer == "lbfgs" and self.trainer.num_training_batches != 1:
+            raise ValueError(
+                "optimizer 'lbfgs' needs the whole training split in one batch (batch_mode 'full'); "
+                f"got {self.trainer.num_training_batches} batches per epoch."
+            )
+
+    @override
+    def on_train_epoch_start(self) -> None:
+        # A plain tensor, not a buffer: DDP would overwrite every rank's buffers with rank 0's at each forward.
+        self._loss_sum = torch.zeros((), device=self.device)
+        self._rows = 0
+
+    @override
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         loss, _ = self._shared_step(batch)
-        rows = len(batch[1])
+        # Rows behind this loss; a DDP rank's loss is a 1/world_size share of its global batch's mean.
+        rows = len(batch[1]) if len(batch) == 2 else batch[2] / self.trainer.world_size
         self._loss_sum.add_(loss.detach(), alpha=rows)
         self._rows += rows
         # self.log costs more than a small update; call it only on the steps the logger writes.
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
-            self.log("train/loss", loss, prog_bar=True)
+            # sync_dist averages the ranks' shares into the global batch loss (a no-op on one process)
+            self.log("train/loss", loss, prog_bar=True, sync_dist=True)
+        if self.hparams.weight_decay:
+            # The bias is not penalised (nor by scikit-learn): shrinking it would pull the base rate towards 1/2.
+            loss = loss + self.hparams.weight_decay / 2 * self.linear.weight.square().sum()
         return loss
 
     @override
     def on_train_epoch_end(self) -> None:
         if self._rows:
             self.train_loss.update(self._loss_sum / self._rows, weight=self._rows)
-            self.log("train/loss_epoch", self.train_loss.compute())
-        self.train_loss.reset()
-        self._loss_sum.zero_()
-        self._rows = 0
+            # Logging the metric object lets Lightning compute (synced across DDP ranks) and reset it.
+            self.log("train/loss_epoch", self.train_loss)
 
     @override
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
@@ -134,15 +156,30 @@ class LogisticRegression(L.LightningModule):
 
     @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        # Weight decay is in the loss (training_step), not in the optimizer, so it spares the bias and means
+        # the same for every optimizer, L-BFGS included (which has no weight_decay of its own).
         hp = self.hparams
         if hp.optimizer == "adam":
-            return torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        return torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+            return torch.optim.Adam(self.parameters(), lr=hp.lr)
+        if hp.optimizer == "lbfgs":
+            # max_iter=1: one L-BFGS iteration and one closure call (so one training_step) per Lightning step;
+            # a larger max_iter or the line search would rerun training_step inside a step. The tolerances
+            # stop it where float32 gradients no longer resolve the optimum, so a converged model stays put.
+            return torch.optim.LBFGS(
+                self.parameters(), lr=hp.lr, max_iter=1, history_size=10, tolerance_grad=1e-9, tolerance_change=1e-12
+            )
+        return torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum)
 
-    def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = batch
-        logits = self(x)
-        return F.binary_cross_entropy_with_logits(logits, y), logits
+    def _shared_step(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y, *global_rows = batch
+        logits = self(x)  # (B,)
+        if not global_rows:
+            return F.binary_cross_entropy_with_logits(logits, y), logits
+        # A DDP rank's shard of a global batch of global_rows[0] rows. DDP averages the ranks' gradients, so
+        # each rank contributes its summed loss * world_size / rows: the average is the global batch's mean
+        # loss however unevenly the rows divide, and an empty shard contributes 0.
+        loss_sum = F.binary_cross_entropy_with_logits(logits, y, reduction="sum")
+        return loss_sum * (self.trainer.world_size / global_rows[0]), logits
 
     def _evaluate(
         self, batch: tuple[torch.Tensor, torch.Tensor], loss_metric: MeanMetric, scores: MetricCollection
@@ -152,7 +189,5 @@ class LogisticRegression(L.LightningModule):
         scores.update(torch.sigmoid(logits), batch[1].long())
 
     def _log_evaluation(self, stage: str, loss_metric: MeanMetric, scores: MetricCollection) -> None:
-        self.log(f"{stage}/loss", loss_metric.compute(), prog_bar=stage == "val")
-        self.log_dict(scores.compute(), prog_bar=stage == "val")
-        loss_metric.reset()
-        scores.reset()
+        self.log(f"{stage}/loss", loss_metric, prog_bar=stage == "val")
+        self.log_dict(scores, prog_bar=stage == "val")
