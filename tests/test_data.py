@@ -5,6 +5,8 @@ import pytest
 import torch
 
 from logreg import LogisticRegression, TabularDataModule, TensorBatches
+from logreg.data import ConfigError
+from logreg.datasets import DataError
 
 
 def fitted_steps(batch_mode: str, epochs: int = 1, **data_args) -> tuple[int, int]:
@@ -113,3 +115,26 @@ def test_num_features_comes_from_the_csv_header(csv_file):
     assert TabularDataModule(dataset=str(csv_file())).num_features == 3
     assert TabularDataModule().num_features == 4
     assert TabularDataModule(dataset="synthetic", synthetic_features=7).num_features == 7
+
+
+def test_the_columns_travel_with_the_statistics_and_must_match_when_restored(csv_file):
+    dm = TabularDataModule(dataset=str(csv_file()))
+    dm.setup("fit")
+    state = dm.state_dict()
+    assert (state["feature_names"], state["label_name"]) == (["a", "b", "c"], "label")
+    reordered = TabularDataModule(dataset=str(csv_file()), feature_columns=["c", "b", "a"])
+    assert reordered.num_features == 3
+    with pytest.raises(
+        DataError, match=r"the checkpoint's model reads the features a, b, c, but this data has c, b, a"
+    ):
+        reordered.load_state_dict(state)
+    fresh = TabularDataModule(dataset=str(csv_file()))
+    fresh.load_state_dict(state)
+    assert fresh.feature_names == ["a", "b", "c"] and torch.equal(fresh.mean, dm.mean)
+
+
+def test_feature_columns_must_name_columns_once():
+    with pytest.raises(
+        ConfigError, match=r"feature_columns must name at least one column, each once; got \['a', 'a'\]"
+    ):
+        TabularDataModule(feature_columns=["a", "a"])
