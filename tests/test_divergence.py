@@ -1,7 +1,9 @@
 import math
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
+import torch
 from conftest import scalars
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -72,3 +74,21 @@ def test_pending_losses_are_bounded_between_logged_steps():
     with pytest.raises(NonFiniteLossError, match=r"at epoch 0, step 5 \(batch 5 of the epoch\)"):
         trainer.fit(DivergesAt(5, num_features=3), datamodule=dm)
     assert trainer.global_step == 8  # checked after the 4th and the 8th batch
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_steps_between_checks_never_wait_for_the_device():
+    guard = StopOnNonFiniteLoss()
+    trainer = SimpleNamespace(num_training_batches=100, log_every_n_steps=10, global_step=0, current_epoch=0)
+    module = SimpleNamespace(hparams={"lr": 0.1})
+    torch.cuda.set_sync_debug_mode("error")  # any host-device synchronisation now raises
+    try:
+        for batch_idx in range(9):
+            trainer.global_step = batch_idx + 1
+            guard.on_train_batch_end(trainer, module, {"loss": torch.ones((), device="cuda")}, None, batch_idx)
+        trainer.global_step = 10
+        with pytest.raises(RuntimeError, match="synchroniz"):  # the check at a logged step is the one wait
+            guard.on_train_batch_end(trainer, module, {"loss": torch.ones((), device="cuda")}, None, 9)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

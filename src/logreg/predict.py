@@ -68,8 +68,7 @@ class PredictionWriter(Callback):
         if self.output is not None:
             path = Path(self.output)
         else:
-            name = source.stem if source.suffix else dataset
-            path = Path(trainer.log_dir or ".") / f"{name}.predictions.csv"
+            path = Path(trainer.log_dir or ".") / f"{source.stem}.predictions.csv"  # banknote: banknote.predictions.csv
         if source.is_file() and path.resolve() == source.resolve():
             raise DataError(f"{path}: is the input file; choose another output for the predictions.")
         if path.exists():
