@@ -135,6 +135,11 @@ ARGUMENT_CASES = [
         ["--data.val_fraction", "0.7", "--data.test_fraction", "0.4"],
         r"val_fraction \+ test_fraction must be below 1 to leave training rows; got 1\.1\.",
     ),
+    (
+        "threshold-outside",
+        ["--prediction.threshold", "1.5"],
+        r"threshold must lie strictly between 0 and 1; got 1\.5\.",
+    ),
     ("lr-negative", ["--model.lr", "-0.1"], r"lr must be positive and at most 3\.4e\+38; got -0\.1\."),
     ("lr-overflowing-float32", ["--model.lr", "1e39"], r"lr must be positive and at most 3\.4e\+38; got 1e\+39\."),
 ]
