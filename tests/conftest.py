@@ -43,3 +43,32 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def separable_csv(path: Path, rows: int = 60, seed: int = 0, columns: str = "a,b,c,label") -> Path:
+    """Write rows of x ~ N(0, 1) in 3 features with label [a - b > 0], under the header ``columns``."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, 3, generator=gen) * torch.tensor([1.0, 2.0, 0.5]) + torch.tensor([0.0, 1.0, -3.0])
+    y = (x[:, 0] - x[:, 1] + 1 > 0).int()
+    path.write_text(
+        columns + "\n" + "".join(f"{r[0]:.4f},{r[1]:.4f},{r[2]:.4f},{int(t)}\n" for r, t in zip(x, y, strict=True))
+    )
+    return path
+
+
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    """One short full-batch run on a CSV file (features a, b, c; label 'label'): its root, data and last.ckpt.
+
+    Shared by the tests that only read it; a test that writes next to it copies what it needs first.
+    """
+    from logreg.cli import main
+
+    root = tmp_path_factory.mktemp("trained")
+    data = separable_csv(root / "train.csv")
+    args = ["fit", "--data.dataset", str(data), "--data.batch_mode", "full", "--model.lr", "1.0"]
+    main([*args, "--trainer.max_epochs", "5", "--trainer.default_root_dir", str(root / "logs"), *QUIET])
+    return {"root": root, "data": data, "ckpt": root / "logs" / "full" / "version_0" / "checkpoints" / "last.ckpt"}

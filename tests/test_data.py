@@ -5,6 +5,8 @@ import pytest
 import torch
 
 from logreg import LogisticRegression, TabularDataModule, TensorBatches
+from logreg.data import ConfigError
+from logreg.datasets import DataError
 
 
 def fitted_steps(batch_mode: str, epochs: int = 1, **data_args) -> tuple[int, int]:
@@ -142,3 +144,26 @@ def test_ddp_shards_of_an_unshuffled_full_batch_are_views():
     x = torch.randn(7, 2)
     (sx, _, rows), *_ = TensorBatches(x, torch.zeros(7), batch_size=7, rank=1, world_size=2)
     assert rows == 7 and len(sx) == 4 and sx.data_ptr() == x[3:].data_ptr()
+
+
+def test_the_columns_travel_with_the_statistics_and_must_match_when_restored(csv_file):
+    dm = TabularDataModule(dataset=str(csv_file()))
+    dm.setup("fit")
+    state = dm.state_dict()
+    assert (state["feature_names"], state["label_name"]) == (["a", "b", "c"], "label")
+    reordered = TabularDataModule(dataset=str(csv_file()), feature_columns=["c", "b", "a"])
+    assert reordered.num_features == 3
+    with pytest.raises(
+        DataError, match=r"the checkpoint's model reads the features a, b, c, but this data has c, b, a"
+    ):
+        reordered.load_state_dict(state)
+    fresh = TabularDataModule(dataset=str(csv_file()))
+    fresh.load_state_dict(state)
+    assert fresh.feature_names == ["a", "b", "c"] and torch.equal(fresh.mean, dm.mean)
+
+
+def test_feature_columns_must_name_columns_once():
+    with pytest.raises(
+        ConfigError, match=r"feature_columns must name at least one column, each once; got \['a', 'a'\]"
+    ):
+        TabularDataModule(feature_columns=["a", "a"])

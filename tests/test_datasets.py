@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from logreg.datasets import DataError, load_banknote, make_synthetic, read_csv
+from logreg.datasets import DataError, find_columns, load_banknote, make_synthetic, read_csv, select_features
 
 
 def test_banknote_is_embedded_with_its_published_shape_and_balance():
@@ -31,3 +31,34 @@ def test_csv_label_column_is_chosen_by_name_or_defaults_to_the_last(csv_file):
     assert table.y.tolist() == [1.0, 0.0]
     with pytest.raises(DataError, match="labels in column 'b' must be 0 or 1"):
         read_csv(path)  # the last column, b, holds 2 and 3
+
+
+def test_feature_columns_select_by_name_in_the_models_order_and_make_the_label_optional(csv_file):
+    path = csv_file("b,label,a\n2,1,0.5\n3,0,1.5\n")
+    table = read_csv(path, feature_columns=["a", "b"])
+    assert table.feature_names == ("a", "b") and table.label_name == "label"
+    assert table.x.tolist() == [[0.5, 2.0], [1.5, 3.0]] and table.y.tolist() == [1.0, 0.0]
+    unlabelled = read_csv(csv_file("b,a\n2,0.5\n", name="new.csv"), "label", ["a", "b"], need_label=False)
+    assert unlabelled.x.tolist() == [[0.5, 2.0]] and unlabelled.y is None
+    with pytest.raises(DataError, match=r"new\.csv: no label column 'label'; the columns are b, a\."):
+        read_csv(csv_file("b,a\n2,0.5\n", name="new.csv"), "label", ["a", "b"])
+
+
+def test_columns_that_do_not_fit_the_model_are_named(csv_file):
+    with pytest.raises(DataError, match=r"no column 'c'; the model takes 3 features: a, b, c\."):
+        find_columns("f.csv", ["a", "b", "label"], "label", ["a", "b", "c"])
+    with pytest.raises(DataError, match=r"column 'id' is neither one of the model's features nor the label column 'y'"):
+        find_columns("f.csv", ["id", "a", "y"], "y", ["a"])
+    with pytest.raises(DataError, match=r"column 'id' is neither .* \(unnamed, so it must be the only other column\)"):
+        find_columns("f.csv", ["id", "a", "y"], None, ["a"])
+    with pytest.raises(DataError, match=r"d\.csv: the header names column 'a' twice"):
+        read_csv(csv_file("a,b,a\n1,2,0\n", name="d.csv"))
+
+
+def test_embedded_and_synthetic_tables_select_features_by_name():
+    table = select_features(load_banknote(), "banknote", ["entropy", "variance", "skewness", "curtosis"])
+    assert table.x[0].tolist() == pytest.approx([-0.44699, 3.6216, 8.6661, -2.8073])
+    with pytest.raises(
+        DataError, match=r"synthetic: column 'x3' is neither one of the model's features nor the label column 'y'"
+    ):
+        select_features(make_synthetic(5, 4, 0.5, seed=0), "synthetic", ["x0", "x1", "x2"])

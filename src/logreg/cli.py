@@ -1,22 +1,30 @@
 """The command line: ``logreg fit | validate | test | predict``, configured by YAML through LightningCLI.
 
 Config keys are the ``__init__`` arguments of the model, the data module and the Trainer. The number of
-features flows from the data to the model by ``link_arguments``, so it is never typed.
+features flows from the data to the model by ``link_arguments``, so it is never typed; with ``--ckpt_path``
+the data module reads the checkpoint's feature columns, so the link gives the checkpoint's model size.
+
+Mistakes in the input end in ``error: <one sentence>`` on stderr and exit code 1 (2 for the command line
+itself), never in a traceback; the exception types that carry such sentences are listed in ``USER_ERRORS``.
 """
 
 from __future__ import annotations
 
-import re
+import sys
 from pathlib import Path
+from typing import Any
 
-from jsonargparse import Namespace
+from jsonargparse import ArgumentError, Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from typing_extensions import override
 
-from logreg.data import TabularDataModule
+from logreg.checkpoint import SavedRun, configure_columns, find_last_checkpoint, read_checkpoint
+from logreg.data import ConfigError, TabularDataModule
 from logreg.datasets import DataError
+from logreg.divergence import NonFiniteLossError, StopOnNonFiniteLoss
 from logreg.model import LogisticRegression
+from logreg.predict import PredictionWriter
 
 DEFAULT_LOG_DIR = "lightning_logs"
 PROGRESS_REFRESH_RATE = 50
@@ -31,13 +39,20 @@ def last_checkpoint() -> ModelCheckpoint:
     return ModelCheckpoint(filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
 
 
+PREDICT_RUN_NAME = "predict"  # prediction runs get their own versions, apart from the training runs
+USER_ERRORS = (DataError, ConfigError, NonFiniteLossError)
+
+
 class LogRegCLI(LightningCLI):
     """LightningCLI with the template's defaults: a TensorBoard run per batch mode, best and last checkpoints."""
+
+    saved: SavedRun | None = None  # what --ckpt_path holds, read before the classes are built
 
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_features", "model.num_features", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(PredictionWriter, "prediction")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/loss",
@@ -45,6 +60,15 @@ class LogRegCLI(LightningCLI):
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
+
+    @override
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        # LightningCLI next unpickles the checkpoint for its hyperparameters: check it is one first.
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path is not None and ckpt_path != "last":
+            self.saved = read_checkpoint(ckpt_path)
 
     @override
     def before_instantiate_classes(self) -> None:
@@ -66,46 +90,41 @@ class LogRegCLI(LightningCLI):
             self.parser.error(
                 f"--model.optimizer lbfgs needs --data.batch_mode full (one batch per epoch); got {config.data.batch_mode!r}."
             )
-        if config.trainer.logger in (None, True):
+        root = config.trainer.default_root_dir or DEFAULT_LOG_DIR
+        default_logger = config.trainer.logger in (None, True)
+        if config.get("ckpt_path") == "last":
+            # The newest earlier run of this batch mode; the new run writes a new version, so nothing is overwritten.
+            runs = Path(root) / config.data.batch_mode if default_logger else _logger_root(config.trainer.logger)
+            config.ckpt_path = str(find_last_checkpoint(runs))
+            self.saved = read_checkpoint(config.ckpt_path)
+        if self.saved is not None:
+            configure_columns(config.data, self.saved)
+        elif self.subcommand == "predict":
+            raise DataError("predict needs a trained model: pass --ckpt_path CHECKPOINT (or --ckpt_path last).")
+        if default_logger:
             # One run directory per batch mode (DIR/<mode>/version_N), so the modes overlay in TensorBoard.
+            name = PREDICT_RUN_NAME if self.subcommand == "predict" else config.data.batch_mode
             config.trainer.logger = Namespace(
                 class_path="lightning.pytorch.loggers.TensorBoardLogger",
-                init_args=Namespace(
-                    save_dir=config.trainer.default_root_dir or DEFAULT_LOG_DIR,
-                    name=config.data.batch_mode,
-                    default_hp_metric=False,
-                ),
+                init_args=Namespace(save_dir=root, name=name, default_hp_metric=False),
             )
 
-    def _resolve_last_checkpoint(self) -> None:
-        """Turn ``--ckpt_path last`` into the newest ``last.ckpt`` of this mode's earlier runs.
+    @override
+    def after_instantiate_classes(self) -> None:
+        super().after_instantiate_classes()
+        if self.saved is not None and self.model.hparams.num_features != self.saved.num_features:
+            raise DataError(
+                f"{self.datamodule.hparams.dataset}: has {self.model.hparams.num_features} features, but the "
+                f"checkpoint {self.saved.path} holds a model of {self.saved.num_features}."
+            )
 
-        Lightning looks for ``last`` in the new run's own (empty) version directory; the resumed run instead
-        reads the previous run's checkpoint and writes a new version, so nothing earlier is overwritten.
-        """
-        config = self.config_init[self.subcommand]
-        if config.get("ckpt_path") != "last":
-            return
-        root = Path(self.trainer.logger.root_dir)
-        found = sorted(
-            root.glob("version_*/checkpoints/last.ckpt"),
-            key=lambda p: int(re.sub(r"\D", "", p.parent.parent.name) or -1),
-        )
-        if not found:
-            raise DataError(f"--ckpt_path last: no last.ckpt under {root}/version_*/checkpoints.")
-        config["ckpt_path"] = str(found[-1])
 
-    def before_fit(self) -> None:
-        self._resolve_last_checkpoint()
-
-    def before_validate(self) -> None:
-        self._resolve_last_checkpoint()
-
-    def before_test(self) -> None:
-        self._resolve_last_checkpoint()
-
-    def before_predict(self) -> None:
-        self._resolve_last_checkpoint()
+def _logger_root(logger: Any) -> Path:
+    """The directory holding a configured logger's version_N runs (save_dir/name, as TensorBoard and CSV use)."""
+    init = getattr(logger, "init_args", None)
+    if init is None or init.get("save_dir") is None or init.get("name") is None:
+        raise DataError("--ckpt_path last needs a logger with save_dir and name; pass the checkpoint's path instead.")
+    return Path(init.save_dir) / init.name
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> LogRegCLI:
@@ -118,7 +137,8 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> LogRegCLI:
         seed_everything_default=42,
         auto_configure_optimizers=False,
         # Default callbacks are added to any given with --trainer.callbacks.
-        trainer_defaults={"max_epochs": 20, "callbacks": [last_checkpoint()]},
+        trainer_defaults={"max_epochs": 20, "callbacks": [last_checkpoint(), StopOnNonFiniteLoss()]},
+        parser_kwargs={"exit_on_error": False},  # parse errors are raised, and reported by main() as one line
     )
 
 
@@ -126,8 +146,13 @@ def main(args: list[str] | None = None) -> None:
     """Run the CLI on ``args`` (default: the command line), e.g. ``main(["fit", "--trainer.max_epochs", "5"])``."""
     try:
         build_cli(args)
-    except DataError as err:
+    except USER_ERRORS as err:
         raise SystemExit(f"error: {err}") from None
+    except ArgumentError as err:
+        # jsonargparse spreads a message over indented lines; one line reads better and greps.
+        message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

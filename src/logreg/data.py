@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Iterator
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import lightning as L
 import torch
@@ -36,20 +36,26 @@ from logreg.datasets import (
     BANKNOTE_PATH,
     DataError,
     Table,
+    find_columns,
     label_index,
     load_banknote,
     make_synthetic,
     read_csv,
     read_header,
+    select_features,
 )
 
 BatchMode = Literal["full", "example", "minibatch"]
 
 
+class ConfigError(ValueError):
+    """An argument value the template cannot run with; the message names the argument and the valid values."""
+
+
 def check_choice(name: str, value: object, choices: tuple) -> None:
-    """Raise a ValueError that lists the valid choices when ``value`` is not one of them."""
+    """Raise a ConfigError that lists the valid choices when ``value`` is not one of them."""
     if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}.")
+        raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}.")
 
 
 class TensorBatches:
@@ -148,6 +154,9 @@ class TabularDataModule(L.LightningDataModule):
         batch_size: Rows per update in ``minibatch`` mode, per process under DDP (an update then takes
             ``batch_size * world_size`` rows); a size above the training rows acts as ``full``.
         label_column: Name of the CSV label column (values 0 or 1); default the last column.
+        feature_columns: Names of the feature columns, in the model's input order; default every column but
+            the label. Runs given ``--ckpt_path`` take them from the checkpoint, so prediction reads the
+            columns the model was trained on, with or without the label column, in any column order.
         val_fraction: Fraction of rows held out for validation.
         test_fraction: Fraction of rows held out for testing.
         seed: Seed of the split, the per-epoch shuffle and the synthetic data.
@@ -171,6 +180,7 @@ class TabularDataModule(L.LightningDataModule):
         batch_mode: BatchMode = "minibatch",
         batch_size: int = 32,
         label_column: str | None = None,
+        feature_columns: list[str] | None = None,
         val_fraction: float = 0.2,
         test_fraction: float = 0.2,
         seed: int = 42,
@@ -183,24 +193,34 @@ class TabularDataModule(L.LightningDataModule):
         check_choice("batch_mode", batch_mode, get_args(BatchMode))
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if value < 1:
-                raise ValueError(f"{name} must be a positive number of rows; got {value}.")
+                raise ConfigError(f"{name} must be a positive number of rows; got {value}.")
         for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0 < value < 1:
-                raise ValueError(f"{name} must lie strictly between 0 and 1; got {value}.")
+                raise ConfigError(f"{name} must lie strictly between 0 and 1; got {value}.")
         if val_fraction + test_fraction >= 1:
-            raise ValueError(
+            raise ConfigError(
                 f"val_fraction + test_fraction must be below 1 to leave training rows; got {val_fraction + test_fraction:g}."
             )
+        if feature_columns is not None and (not feature_columns or len(set(feature_columns)) < len(feature_columns)):
+            raise ConfigError(f"feature_columns must name at least one column, each once; got {feature_columns}.")
         self.save_hyperparameters()
         self.mean: torch.Tensor | None = None  # (D,), from the training split or a checkpoint
         self.std: torch.Tensor | None = None
+        # The columns behind mean/std, saved with them, so a checkpoint says which columns its model reads.
+        self.feature_names: list[str] | None = None
+        self.label_name: str | None = None
         self._raw: dict[str, tuple[torch.Tensor, ...]] = {}
         self._ready: dict[str, tuple[torch.Tensor, ...]] = {}
 
     @property
     def num_features(self) -> int:
         """Features per row, read from the dataset's description (header), not its rows."""
-        dataset = self.hparams.dataset
+        hp = self.hparams
+        if hp.feature_columns is not None:
+            if hp.dataset not in ("banknote", "synthetic"):  # a file that does not fit fails here, before any run
+                find_columns(hp.dataset, read_header(hp.dataset), hp.label_column, hp.feature_columns)
+            return len(hp.feature_columns)
+        dataset = hp.dataset
         if dataset == "banknote":
             return len(read_header(BANKNOTE_PATH)) - 1
         if dataset == "synthetic":
@@ -222,20 +242,27 @@ class TabularDataModule(L.LightningDataModule):
         per_process = {"full": n_train, "example": 1, "minibatch": self.hparams.batch_size}[self.hparams.batch_mode]
         return min(per_process * world, n_train)
 
-    def load_table(self) -> Table:
-        """All rows of the configured dataset, in file order."""
+    def load_table(self, stage: str = "fit") -> Table:
+        """All rows of the configured dataset, in file order, with the features the model reads.
+
+        The features are ``feature_columns``, else those of a restored checkpoint, else all but the label;
+        only prediction accepts a file without the label column.
+        """
         hp = self.hparams
+        features = hp.feature_columns if hp.feature_columns is not None else self.feature_names
         if hp.dataset == "banknote":
-            return load_banknote()
+            return select_features(load_banknote(), hp.dataset, features)
         if hp.dataset == "synthetic":
-            return make_synthetic(hp.synthetic_rows, hp.synthetic_features, hp.synthetic_noise, hp.seed)
-        return read_csv(hp.dataset, hp.label_column)
+            table = make_synthetic(hp.synthetic_rows, hp.synthetic_features, hp.synthetic_noise, hp.seed)
+            return select_features(table, hp.dataset, features)
+        label = hp.label_column if hp.label_column is not None else self.label_name
+        return read_csv(hp.dataset, label, features, need_label=stage != "predict")
 
     @override
     def setup(self, stage: str) -> None:
         if self._raw or stage == "predict":
             return
-        table = self.load_table()
+        table = self.load_table(stage)
         n = len(table.x)
         n_val, n_test = round(n * self.hparams.val_fraction), round(n * self.hparams.test_fraction)
         n_train = n - n_val - n_test
@@ -247,6 +274,7 @@ class TabularDataModule(L.LightningDataModule):
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.hparams.seed))
         bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, n)}
         self._raw = {stage: (table.x[order[a:b]], table.y[order[a:b]]) for stage, (a, b) in bounds.items()}
+        self.feature_names, self.label_name = list(table.feature_names), table.label_name
         if self.mean is None:  # a checkpoint restored later overrides these before any batch is served
             x_train = self._raw["train"][0]
             self.mean = x_train.mean(dim=0)
@@ -307,17 +335,27 @@ class TabularDataModule(L.LightningDataModule):
     @override
     def predict_dataloader(self) -> TensorBatches:
         # Loaded here, after a checkpoint restored the training statistics, and never split or re-fitted.
-        table = self.load_table()
         if self.mean is None:
             raise DataError("prediction needs the training statistics: pass --ckpt_path of a trained model.")
+        table = self.load_table("predict")
         tensors = (self.standardize(table.x),) if table.y is None else (self.standardize(table.x), table.y)
         return TensorBatches(*self._to_device(*tensors), batch_size=self.hparams.eval_batch_size)
 
     @override
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"mean": self.mean, "std": self.std}
+    def state_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean, "std": self.std, "feature_names": self.feature_names, "label_name": self.label_name}
 
     @override
-    def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Checkpoints from before the column names were saved hold only the statistics.
+        saved = state_dict.get("feature_names")
+        ours = self.hparams.feature_columns if self.hparams.feature_columns is not None else self.feature_names
+        if saved is not None and ours is not None and list(ours) != list(saved):
+            raise DataError(
+                f"{self.hparams.dataset}: the checkpoint's model reads the features {', '.join(saved)}, "
+                f"but this data has {', '.join(ours)}."
+            )
         self.mean, self.std = state_dict["mean"], state_dict["std"]
+        self.feature_names = list(saved) if saved is not None else self.feature_names
+        self.label_name = state_dict.get("label_name", self.label_name)
         self._ready.clear()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import math
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,11 +32,13 @@ class Table:
         x: Features, shape (N, D), float32.
         y: Labels 0.0 or 1.0, shape (N,), float32; None when the file has no label column.
         feature_names: The D column names, used to match columns at prediction time.
+        label_name: Name of the label column; None when the file has none.
     """
 
     x: torch.Tensor
     y: torch.Tensor | None
     feature_names: tuple[str, ...]
+    label_name: str | None = None
 
 
 def load_banknote() -> Table:
@@ -45,7 +49,8 @@ def load_banknote() -> Table:
     ((1372, 4), ('variance', 'skewness', 'curtosis', 'entropy'))
     """
     values = np.loadtxt(BANKNOTE_PATH, delimiter=",", dtype=np.float32, ndmin=2)
-    return Table(torch.from_numpy(values[:, :-1].copy()), torch.from_numpy(values[:, -1].copy()), BANKNOTE_COLUMNS[:-1])
+    x, y = torch.from_numpy(values[:, :-1].copy()), torch.from_numpy(values[:, -1].copy())
+    return Table(x, y, BANKNOTE_COLUMNS[:-1], BANKNOTE_COLUMNS[-1])
 
 
 def make_synthetic(rows: int, features: int, noise: float, seed: int) -> Table:
@@ -65,7 +70,7 @@ def make_synthetic(rows: int, features: int, noise: float, seed: int) -> Table:
     w = torch.randn(features, generator=gen)
     x = torch.randn(rows, features, generator=gen)
     logits = x @ w / math.sqrt(features) + noise * torch.randn(rows, generator=gen)  # (N, D) -> (N,)
-    return Table(x, (logits > 0).float(), tuple(f"x{i}" for i in range(features)))
+    return Table(x, (logits > 0).float(), tuple(f"x{i}" for i in range(features)), "y")
 
 
 def read_header(path: str | Path) -> list[str]:
@@ -77,7 +82,11 @@ def read_header(path: str | Path) -> list[str]:
         header = next(csv.reader(f), None)
     if not header or not any(name.strip() for name in header):
         raise DataError(f"{path}: the file is empty; expected a header row of column names.")
-    return [name.strip() for name in header]
+    header = [name.strip() for name in header]
+    for i, name in enumerate(header):
+        if name in header[:i]:
+            raise DataError(f"{path}: the header names column {name!r} twice; column names must be unique.")
+    return header
 
 
 def label_index(path: str | Path, header: list[str], label_column: str | None) -> int:
@@ -89,8 +98,61 @@ def label_index(path: str | Path, header: list[str], label_column: str | None) -
     return header.index(label_column)
 
 
-def read_csv(path: str | Path, label_column: str | None = None) -> Table:
+def find_columns(
+    source: str | Path,
+    header: Sequence[str],
+    label_column: str | None = None,
+    feature_columns: Sequence[str] | None = None,
+) -> tuple[list[int], int | None]:
+    """Positions of the feature columns (in the model's order) and of the label column (None: not there).
+
+    Without ``feature_columns`` the features are every column except the label (default: the last column).
+    With them (the names a checkpoint's model was trained on) each must be in ``header``, in any order; the
+    label is ``label_column`` or else the one remaining column, and may be missing. Any further column is an
+    error: a file that does not match the model is never read by guessing which columns to use.
+
+    >>> find_columns("f.csv", ["a", "b", "label"])
+    ([0, 1], 2)
+    >>> find_columns("f.csv", ["b", "a"], feature_columns=["a", "b"])
+    ([1, 0], None)
+    """
+    if feature_columns is None:
+        label = label_index(source, header, label_column)
+        if len(header) < 2:
+            raise DataError(f"{source}: needs at least one feature column besides the label column {header[label]!r}.")
+        return [i for i in range(len(header)) if i != label], label
+    expected = f"the model takes {len(feature_columns)} features: {', '.join(feature_columns)}"
+    for name in feature_columns:
+        if name not in header:
+            raise DataError(f"{source}: no column {name!r}; {expected}.")
+    features = [header.index(name) for name in feature_columns]
+    others = [i for i in range(len(header)) if i not in features]
+    if label_column is not None:
+        label = header.index(label_column) if label_column in header else None
+    else:
+        label = others[-1] if len(others) == 1 else None
+    for i in others:
+        if i != label:
+            which = repr(label_column) if label_column is not None else "(unnamed, so it must be the only other column)"
+            raise DataError(
+                f"{source}: column {header[i]!r} is neither one of the model's features nor the label column {which}; {expected}."
+            )
+    return features, label
+
+
+def read_csv(
+    path: str | Path,
+    label_column: str | None = None,
+    feature_columns: Sequence[str] | None = None,
+    need_label: bool = True,
+) -> Table:
     """Read a numeric CSV file with a header row; the label column (default: the last) must hold 0 or 1.
+
+    Args:
+        path: The CSV file.
+        label_column: Name of the label column; default as in :func:`find_columns`.
+        feature_columns: Names of the feature columns in the model's order; default all but the label.
+        need_label: Whether a missing label column is an error (training and evaluation) or not (prediction).
 
     >>> import tempfile, os
     >>> with tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False) as f:
@@ -102,11 +164,14 @@ def read_csv(path: str | Path, label_column: str | None = None) -> Table:
     """
     path = Path(path)
     header = read_header(path)
-    label = label_index(path, header, label_column)
-    if len(header) < 2:
-        raise DataError(f"{path}: needs at least one feature column besides the label column {header[label]!r}.")
+    features, label = find_columns(path, header, label_column, feature_columns)
+    if label is None and need_label:
+        name = repr(label_column) if label_column is not None else "besides the features"
+        raise DataError(f"{path}: no label column {name}; the columns are {', '.join(header)}.")
     try:
-        values = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float64, ndmin=2, encoding="utf-8")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # numpy warns on a header-only file; the check below says it clearly
+            values = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float64, ndmin=2, encoding="utf-8")
     except ValueError:
         _raise_first_bad_cell(path, header, label)  # numpy's message lacks the column name: find the cell
         raise
@@ -114,30 +179,46 @@ def read_csv(path: str | Path, label_column: str | None = None) -> Table:
         raise DataError(f"{path}: has a header but no data rows.")
     if values.shape[1] != len(header):
         raise DataError(f"{path}: rows have {values.shape[1]} fields but the header names {len(header)} columns.")
+    names = tuple(header[i] for i in features)
+    x = values[:, features]  # (N, D) in the model's column order
+    _check_finite(path, names, x)
+    if label is None:
+        return Table(torch.from_numpy(x.astype(np.float32)), None, names)
     labels = values[:, label]
-    features = np.delete(values, label, axis=1)
-    _check_finite(path, header, label, features)
     bad = ~np.isin(labels, (0.0, 1.0))
     if bad.any():
         row = int(np.argmax(bad))
         raise DataError(
             f"{path}: labels in column {header[label]!r} must be 0 or 1, found {labels[row]:g} on line {row + 2}."
         )
-    names = tuple(name for i, name in enumerate(header) if i != label)
-    return Table(torch.from_numpy(features.astype(np.float32)), torch.from_numpy(labels.astype(np.float32)), names)
+    return Table(
+        torch.from_numpy(x.astype(np.float32)), torch.from_numpy(labels.astype(np.float32)), names, header[label]
+    )
 
 
-def _check_finite(path: Path, header: list[str], label: int, features: np.ndarray) -> None:
+def select_features(table: Table, source: str, feature_columns: Sequence[str] | None) -> Table:
+    """The table with exactly ``feature_columns`` as its features, in that order (unchanged when None).
+
+    >>> select_features(make_synthetic(2, 3, 0.5, seed=0), "synthetic", ["x2", "x0", "x1"]).feature_names
+    ('x2', 'x0', 'x1')
+    """
+    if feature_columns is None:
+        return table
+    header = [*table.feature_names, table.label_name]
+    features, _ = find_columns(source, header, table.label_name, feature_columns)
+    return Table(table.x[:, features], table.y, tuple(feature_columns), table.label_name)
+
+
+def _check_finite(path: Path, names: Sequence[str], features: np.ndarray) -> None:
     bad = ~np.isfinite(features)
     if bad.any():
         row, col = map(int, np.argwhere(bad)[0])
-        name = [n for i, n in enumerate(header) if i != label][col]
         raise DataError(
-            f"{path}: column {name!r} holds {features[row, col]} on line {row + 2}; features must be finite."
+            f"{path}: column {names[col]!r} holds {features[row, col]} on line {row + 2}; features must be finite."
         )
 
 
-def _raise_first_bad_cell(path: Path, header: list[str], label: int) -> None:
+def _raise_first_bad_cell(path: Path, header: list[str], label: int | None) -> None:
     """Scan the file row by row (slow, only after the fast parser failed) and raise on the first bad cell."""
     with path.open(newline="", encoding="utf-8") as f:
         rows = csv.reader(f)

@@ -20,7 +20,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryF1Score
 from typing_extensions import override
 
-from logreg.data import TabularDataModule, check_choice
+from logreg.data import ConfigError, TabularDataModule, check_choice
 
 Optimizer = Literal["sgd", "adam", "lbfgs"]
 
@@ -57,10 +57,10 @@ class LogisticRegression(L.LightningModule):
     ) -> None:
         super().__init__()
         check_choice("optimizer", optimizer, get_args(Optimizer))
-        if lr <= 0:
-            raise ValueError(f"lr must be positive; got {lr}.")
+        if not 0 < lr <= torch.finfo(torch.float32).max:  # a larger step overflows float32 weights at once
+            raise ConfigError(f"lr must be positive and at most {torch.finfo(torch.float32).max:.3g}; got {lr}.")
         if weight_decay < 0:
-            raise ValueError(f"weight_decay must be zero or positive; got {weight_decay}.")
+            raise ConfigError(f"weight_decay must be zero or positive; got {weight_decay}.")
         self.save_hyperparameters()
         self.linear = torch.nn.Linear(num_features, 1)
         torch.nn.init.zeros_(self.linear.weight)

@@ -1,0 +1,113 @@
+"""Prediction output: a CSV of probabilities and 0/1 predictions, one row per input row, in input order."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any
+
+import lightning as L
+import numpy as np
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+from typing_extensions import override
+
+from logreg.data import ConfigError
+from logreg.datasets import DataError
+
+HEADER = "row,probability,prediction"
+
+
+class PredictionWriter(Callback):
+    """Write ``row,probability,prediction`` for every input row to a CSV file, in the input's order.
+
+    ``row`` counts the input's data rows from 0 (row r is line r + 2 of a CSV file with its header),
+    ``probability`` is p(y = 1 | x) and ``prediction`` is 1 where it reaches ``threshold``. The rows go to
+    a hidden file next to the output, renamed to the output when prediction ends, so a failed run leaves
+    no half-written file. An existing file is never replaced, and the input never.
+
+    A plain callback rather than Lightning's ``BasePredictionWriter``: that one looks up sampler indices,
+    which batches sliced from tensors do not have (it warns on every run), and the row order is known anyway.
+
+    Args:
+        output: The CSV file to write; default ``<input name>.predictions.csv`` in the prediction run's
+            directory (``lightning_logs/predict/version_N/``).
+        threshold: Probability from which the prediction is 1.
+
+    Example:
+        >>> PredictionWriter(output="scores.csv").output
+        'scores.csv'
+    """
+
+    def __init__(self, output: str | None = None, threshold: float = 0.5) -> None:
+        super().__init__()
+        if not 0 < threshold < 1:
+            raise ConfigError(f"threshold must lie strictly between 0 and 1; got {threshold}.")
+        self.output = output
+        self.threshold = threshold
+        self.path: Path | None = None
+        self._file: IO[str] | None = None
+        self._rows = 0
+
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "predict" or not trainer.is_global_zero:
+            return
+        dataset = trainer.datamodule.hparams.dataset if trainer.datamodule is not None else "predictions"
+        self.path = self._resolve(trainer, dataset)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = tempfile.NamedTemporaryFile(  # noqa: SIM115 -- open until on_predict_end renames it
+            "w", dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".partial", delete=False
+        )
+        self._file.write(HEADER + "\n")
+        self._rows = 0
+
+    def _resolve(self, trainer: L.Trainer, dataset: str) -> Path:
+        source = Path(dataset)
+        if self.output is not None:
+            path = Path(self.output)
+        else:
+            path = Path(trainer.log_dir or ".") / f"{source.stem}.predictions.csv"  # banknote: banknote.predictions.csv
+        if source.is_file() and path.resolve() == source.resolve():
+            raise DataError(f"{path}: is the input file; choose another output for the predictions.")
+        if path.exists():
+            raise DataError(f"{path}: already exists; remove it or choose another output for the predictions.")
+        return path
+
+    @override
+    def on_predict_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if self._file is None:
+            return
+        probs = outputs.detach().float().cpu().numpy()  # (B,)
+        rows = np.arange(self._rows, self._rows + len(probs))
+        table = np.rec.fromarrays([rows, probs, (probs >= self.threshold).astype(np.int64)])
+        # %.9g keeps every digit of a float32, so the file reproduces the probabilities exactly.
+        np.savetxt(self._file, table, fmt=["%d", "%.9g", "%d"], delimiter=",")
+        self._rows += len(probs)
+
+    @override
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._file is None:
+            return
+        written, self._file = self._file, None
+        written.close()
+        if self.path.exists():  # appeared while predicting: keep both, and say where the rows are
+            raise DataError(f"{self.path}: appeared while predicting; the predictions are in {written.name}.")
+        os.replace(written.name, self.path)
+        rank_zero_info(f"Wrote {self._rows} predictions to {self.path}")
+
+    @override
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if self._file is not None:
+            self._file.close()
+            Path(self._file.name).unlink(missing_ok=True)
+            self._file = None

@@ -1,0 +1,94 @@
+import math
+from types import SimpleNamespace
+
+import lightning as L
+import pytest
+import torch
+from conftest import scalars
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from logreg import LogisticRegression, TabularDataModule
+from logreg.divergence import NonFiniteLossError, StopOnNonFiniteLoss
+
+SMALL = {"dataset": "synthetic", "synthetic_rows": 103, "synthetic_features": 3}  # 61 training rows
+
+
+class DivergesAt(LogisticRegression):
+    """The loss turns infinite from global step ``bad_step`` on, as an overflowing learning rate makes it."""
+
+    def __init__(self, bad_step: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.bad_step = bad_step
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return loss * math.inf if self.global_step >= self.bad_step else loss
+
+
+@pytest.mark.parametrize(
+    ("batch_mode", "batch_size", "log_every", "bad_step", "epoch", "batch"),
+    [
+        ("full", 32, 5, 3, 3, 0),  # 1 step per epoch: found at the epoch's last batch
+        ("minibatch", 10, 5, 15, 2, 1),  # 7 steps per epoch: found at the logged step 19
+        ("example", 32, 50, 37, 0, 37),  # found at step 50, 13 steps after it happened
+        ("example", 32, 1, 37, 0, 37),  # checked every step
+    ],
+)
+def test_training_stops_naming_the_first_non_finite_step(
+    tmp_path, batch_mode, batch_size, log_every, bad_step, epoch, batch
+):
+    dm = TabularDataModule(batch_mode=batch_mode, batch_size=batch_size, **SMALL)
+    trainer = L.Trainer(
+        max_epochs=10,
+        logger=TensorBoardLogger(tmp_path, name="", version=""),
+        callbacks=[StopOnNonFiniteLoss()],
+        log_every_n_steps=log_every,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    with pytest.raises(
+        NonFiniteLossError,
+        match=rf"the loss became inf at epoch {epoch}, step {bad_step} \(batch {batch} of the epoch\); the learning rate 0\.1",
+    ):
+        trainer.fit(DivergesAt(bad_step, num_features=3), datamodule=dm)
+    logged = scalars(tmp_path)
+    losses = [v for tag in ("train/loss", "train/loss_epoch", "val/loss") for _, v in logged.get(tag, [])]
+    assert all(math.isfinite(v) for v in losses)  # nothing non-finite reached the logger
+    assert len(logged.get("val/loss", [])) == epoch  # no validation of the broken weights
+
+
+def test_pending_losses_are_bounded_between_logged_steps():
+    dm = TabularDataModule(batch_mode="example", **SMALL)
+    guard = StopOnNonFiniteLoss(max_pending=4)
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=False,
+        callbacks=[guard],
+        log_every_n_steps=1000,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    with pytest.raises(NonFiniteLossError, match=r"at epoch 0, step 5 \(batch 5 of the epoch\)"):
+        trainer.fit(DivergesAt(5, num_features=3), datamodule=dm)
+    assert trainer.global_step == 8  # checked after the 4th and the 8th batch
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_steps_between_checks_never_wait_for_the_device():
+    guard = StopOnNonFiniteLoss()
+    trainer = SimpleNamespace(num_training_batches=100, log_every_n_steps=10, global_step=0, current_epoch=0)
+    module = SimpleNamespace(hparams={"lr": 0.1})
+    torch.cuda.set_sync_debug_mode("error")  # any host-device synchronisation now raises
+    try:
+        for batch_idx in range(9):
+            trainer.global_step = batch_idx + 1
+            guard.on_train_batch_end(trainer, module, {"loss": torch.ones((), device="cuda")}, None, batch_idx)
+        trainer.global_step = 10
+        with pytest.raises(RuntimeError, match="synchroniz"):  # the check at a logged step is the one wait
+            guard.on_train_batch_end(trainer, module, {"loss": torch.ones((), device="cuda")}, None, 9)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

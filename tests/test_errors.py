@@ -1,0 +1,369 @@
+"""Every mistake in the issue's catalogue ends, through the CLI, in one line naming what and where, exit != 0."""
+
+import hashlib
+import math
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import QUIET, scalars, separable_csv
+
+from logreg.cli import main
+from logreg.model import LogisticRegression
+
+
+def run(args: list[str], capsys) -> tuple[int, str]:
+    """Run the CLI in-process; (exit status, the error line) as a shell would see them."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    code = exit_info.value.code
+    err = capsys.readouterr().err
+    if isinstance(code, str):  # SystemExit("error: ...") prints the text and exits with status 1
+        return 1, code
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, err
+    return code, errors[0]
+
+
+def fit_args(root: Path, *extra: str) -> list[str]:
+    return ["fit", *QUIET, "--trainer.max_epochs", "2", "--trainer.default_root_dir", str(root / "logs"), *extra]
+
+
+def write(root: Path, text: str, name: str = "data.csv") -> str:
+    (root / name).write_text(text)
+    return str(root / name)
+
+
+# (id, files to write as {name: text}, extra fit arguments, expected message as a regex)
+CSV_CASES = [
+    ("missing-path", {}, ["--data.dataset", "{root}/nope.csv"], r"nope\.csv: no such file\."),
+    ("empty-file", {"d.csv": ""}, ["--data.dataset", "{root}/d.csv"], r"d\.csv: the file is empty"),
+    (
+        "header-only",
+        {"d.csv": "a,b,label\n"},
+        ["--data.dataset", "{root}/d.csv"],
+        r"d\.csv: has a header but no data rows",
+    ),
+    (
+        "non-numeric-feature",
+        {"d.csv": "a,b,label\n1,2,0\n3,four,1\n"},
+        ["--data.dataset", "{root}/d.csv"],
+        r"d\.csv: column 'b' holds the non-numeric value 'four' on line 3\.",
+    ),
+    (
+        "nan-feature",
+        {"d.csv": "a,b,label\n1,2,0\nnan,4,1\n"},
+        ["--data.dataset", "{root}/d.csv"],
+        r"d\.csv: column 'a' holds nan on line 3; features must be finite\.",
+    ),
+    (
+        "inf-feature",
+        {"d.csv": "a,b,label\n1,-inf,0\n3,4,1\n"},
+        ["--data.dataset", "{root}/d.csv"],
+        r"d\.csv: column 'b' holds -inf on line 2; features must be finite\.",
+    ),
+    (
+        "labels-minus-one-one",
+        {"d.csv": "a,b,label\n1,2,-1\n3,4,1\n"},
+        ["--data.dataset", "{root}/d.csv"],
+        r"d\.csv: labels in column 'label' must be 0 or 1, found -1 on line 2\.",
+    ),
+    (
+        "labels-one-two",
+        {"d.csv": "a,b,label\n1,2,1\n3,4,2\n"},
+        ["--data.dataset", "{root}/d.csv"],
+        r"d\.csv: labels in column 'label' must be 0 or 1, found 2 on line 3\.",
+    ),
+    (
+        "labels-strings",
+        {"d.csv": "a,b,label\n1,2,yes\n3,4,no\n"},
+        ["--data.dataset", "{root}/d.csv"],
+        r"d\.csv: labels in column 'label' must be 0 or 1, found 'yes' on line 2\.",
+    ),
+    (
+        "missing-label-column",
+        {"d.csv": "a,b,c\n1,2,0\n3,4,1\n"},
+        ["--data.dataset", "{root}/d.csv", "--data.label_column", "label"],
+        r"d\.csv: no label column 'label'; the columns are a, b, c\.",
+    ),
+    (
+        "too-small-to-split",
+        {"d.csv": "a,label\n1,0\n2,1\n"},
+        ["--data.dataset", "{root}/d.csv"],
+        r"d\.csv: 2 rows are too few to split into non-empty train \(2\), val \(0\) and test \(0\) sets\.",
+    ),
+]
+
+
+@pytest.mark.parametrize(("files", "extra", "message"), [c[1:] for c in CSV_CASES], ids=[c[0] for c in CSV_CASES])
+def test_bad_data_files(tmp_path, capsys, files, extra, message):
+    for name, text in files.items():
+        write(tmp_path, text, name)
+    code, line = run(fit_args(tmp_path, *(a.format(root=tmp_path) for a in extra)), capsys)
+    assert code == 1
+    assert line.startswith("error: ") and len(line.splitlines()) == 1
+    assert re.search(message, line), line
+
+
+ARGUMENT_CASES = [
+    ("batch-size-zero", ["--data.batch_size", "0"], r"batch_size must be a positive number of rows; got 0\."),
+    ("batch-size-negative", ["--data.batch_size", "-5"], r"batch_size must be a positive number of rows; got -5\."),
+    (
+        "unknown-batch-mode",
+        ["--data.batch_mode", "stochastic"],
+        r"data\.batch_mode.*'full', 'example', 'minibatch'.*stochastic",
+    ),
+    ("val-fraction-zero", ["--data.val_fraction", "0"], r"val_fraction must lie strictly between 0 and 1; got 0"),
+    ("val-fraction-one", ["--data.val_fraction", "1"], r"val_fraction must lie strictly between 0 and 1; got 1"),
+    (
+        "test-fraction-negative",
+        ["--data.test_fraction", "-0.1"],
+        r"test_fraction must lie strictly between 0 and 1; got -0\.1",
+    ),
+    (
+        "fractions-sum-to-one",
+        ["--data.val_fraction", "0.5", "--data.test_fraction", "0.5"],
+        r"val_fraction \+ test_fraction must be below 1 to leave training rows; got 1\.",
+    ),
+    (
+        "fractions-sum-above-one",
+        ["--data.val_fraction", "0.7", "--data.test_fraction", "0.4"],
+        r"val_fraction \+ test_fraction must be below 1 to leave training rows; got 1\.1\.",
+    ),
+    (
+        "threshold-outside",
+        ["--prediction.threshold", "1.5"],
+        r"threshold must lie strictly between 0 and 1; got 1\.5\.",
+    ),
+    ("lr-negative", ["--model.lr", "-0.1"], r"lr must be positive and at most 3\.4e\+38; got -0\.1\."),
+    ("lr-overflowing-float32", ["--model.lr", "1e39"], r"lr must be positive and at most 3\.4e\+38; got 1e\+39\."),
+]
+
+
+@pytest.mark.parametrize(("extra", "message"), [c[1:] for c in ARGUMENT_CASES], ids=[c[0] for c in ARGUMENT_CASES])
+def test_bad_arguments_fail_before_any_run_directory_is_made(tmp_path, capsys, extra, message):
+    code, line = run(fit_args(tmp_path, *extra), capsys)
+    assert code != 0
+    assert re.search(message, line), line
+    assert not (tmp_path / "logs").exists()
+
+
+def test_a_learning_rate_that_makes_the_loss_infinite_stops_training_naming_epoch_and_step(tmp_path, capsys):
+    data = ["--data.dataset", "synthetic", "--data.synthetic_rows", "200", "--data.synthetic_features", "3"]
+    args = [*data, "--data.batch_mode", "minibatch", "--data.batch_size", "10", "--trainer.log_every_n_steps", "1"]
+    code, line = run(fit_args(tmp_path, *args, "--model.lr", "1e38"), capsys)
+    assert code == 1
+    found = re.fullmatch(
+        r"error: training stopped: the loss became inf at epoch 0, step (\d+) \(batch (\d+) of the epoch\); "
+        r"the learning rate 1e\+38 is likely too large, lower it\.",
+        line,
+    )
+    assert found, line
+    step = int(found[1])
+    assert int(found[2]) == step  # epoch 0: batch index and step agree
+    # Every step before it was logged and finite, it and later ones were not: the one named is the first.
+    run_dir = tmp_path / "logs" / "minibatch" / "version_0"
+    logged = scalars(run_dir)["train/loss"]
+    assert [s for s, _ in logged] == list(range(step))
+    assert all(math.isfinite(v) for _, v in logged) and logged[0][1] == pytest.approx(math.log(2))  # zero weights
+    assert not (run_dir / "checkpoints").exists()  # stopped within epoch 0: no checkpoint of broken weights
+
+
+# --- prediction: the checkpoint and the file must fit each other ------------------------------------------
+
+
+def predict_args(ckpt, data, root: Path, *extra: str) -> list[str]:
+    common = ["--data.dataset", str(data), *QUIET, "--trainer.default_root_dir", str(root / "logs"), *extra]
+    return ["predict", "--ckpt_path", str(ckpt), *common]
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ("a,b", r"f\.csv: no column 'c'; the model takes 3 features: a, b, c\."),
+        ("a,b,label", r"f\.csv: no column 'c'; the model takes 3 features: a, b, c\."),
+        (
+            "a,b,c,d",
+            r"f\.csv: column 'd' is neither one of the model's features nor the label column 'label'; "
+            r"the model takes 3 features: a, b, c\.",
+        ),
+        ("x0,x1,x2", r"f\.csv: no column 'a'; the model takes 3 features: a, b, c\."),
+    ],
+    ids=["fewer-features", "fewer-features-with-label", "more-features", "other-names"],
+)
+def test_a_feature_count_that_differs_from_the_checkpoint(trained, tmp_path, capsys, header, message):
+    width = len(header.split(","))
+    data = write(tmp_path, header + "\n" + ",".join(["1"] * width) + "\n", "f.csv")
+    code, line = run(predict_args(trained["ckpt"], data, tmp_path), capsys)
+    assert code == 1
+    assert re.search(message, line), line
+    assert not (tmp_path / "logs").exists()  # found from the header, before a run directory is made
+
+
+def test_feature_columns_that_contradict_the_checkpoint(trained, tmp_path, capsys):
+    args = predict_args(trained["ckpt"], trained["data"], tmp_path, "--data.feature_columns", "[b, a, c]")
+    code, line = run(args, capsys)
+    assert code == 1
+    assert "--data.feature_columns b, a, c differ from the features the checkpoint" in line
+    assert line.endswith("was trained on: a, b, c.")
+
+
+def test_a_checkpoint_written_before_the_names_were_saved_still_checks_the_feature_count(trained, tmp_path, capsys):
+    old = torch.load(trained["ckpt"], weights_only=True)
+    del old["TabularDataModule"]["feature_names"], old["TabularDataModule"]["label_name"]
+    torch.save(old, tmp_path / "old.ckpt")
+    data = write(tmp_path, "a,b,label\n1,2,0\n", "f.csv")
+    code, line = run(predict_args(tmp_path / "old.ckpt", data, tmp_path), capsys)
+    assert (code, line.split(": ", 1)[1]) == (
+        1,
+        f"{data}: has 2 features, but the checkpoint {tmp_path}/old.ckpt holds a model of 3.",
+    )
+
+
+def truncated(ckpt: Path, dest: Path) -> Path:
+    dest.write_bytes(ckpt.read_bytes()[:400])
+    return dest
+
+
+def unrelated_torch_file(ckpt: Path, dest: Path) -> Path:
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, dest)
+    return dest
+
+
+def a_csv_file(ckpt: Path, dest: Path) -> Path:
+    dest.write_text("a,b\n1,2\n")
+    return dest
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            truncated,
+            r"x\.ckpt: not a readable checkpoint; it is truncated, damaged or another kind of file \(torch\.load raised RuntimeError\)\.",
+        ),
+        (a_csv_file, r"x\.ckpt: not a readable checkpoint; it is truncated, damaged or another kind of file"),
+        (
+            unrelated_torch_file,
+            r"x\.ckpt: not a logreg checkpoint; it lacks the model's hyperparameters or the data statistics\.",
+        ),
+        (lambda ckpt, dest: dest, r"x\.ckpt: no such checkpoint file\."),
+    ],
+    ids=["truncated", "csv-file", "unrelated-torch-file", "missing"],
+)
+def test_a_checkpoint_that_is_not_one(trained, tmp_path, capsys, make, message):
+    ckpt = make(trained["ckpt"], tmp_path / "x.ckpt")
+    code, line = run(predict_args(ckpt, trained["data"], tmp_path), capsys)
+    assert code == 1
+    assert re.search(message, line), line
+
+
+def test_resuming_from_a_damaged_checkpoint(trained, tmp_path, capsys):
+    ckpt = truncated(trained["ckpt"], tmp_path / "x.ckpt")
+    code, line = run(fit_args(tmp_path, "--data.dataset", str(trained["data"]), "--ckpt_path", str(ckpt)), capsys)
+    assert (code, line) == (
+        1,
+        f"error: {ckpt}: not a readable checkpoint; it is truncated, damaged or another kind of file (torch.load raised RuntimeError).",
+    )
+
+
+def test_predict_without_a_checkpoint(trained, tmp_path, capsys):
+    code, line = run(["predict", "--data.dataset", str(trained["data"]), *QUIET], capsys)
+    assert (code, line) == (
+        1,
+        "error: predict needs a trained model: pass --ckpt_path CHECKPOINT (or --ckpt_path last).",
+    )
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch and Lightning: seconds
+def test_the_cli_prints_no_traceback_in_a_real_process(tmp_path):
+    bad = write(tmp_path, "a,b,label\n1,2,0\n3,4,7\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "logreg", "fit", "--data.dataset", bad, *QUIET],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert (
+        result.stderr.splitlines()[-1] == f"error: {bad}: labels in column 'label' must be 0 or 1, found 7 on line 3."
+    )
+
+
+# --- nothing lost -----------------------------------------------------------------------------------------
+
+
+def fingerprint(directory: Path) -> dict[str, str]:
+    """Path -> sha256 of every file under ``directory``."""
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture
+def earlier_run(trained, tmp_path) -> Path:
+    """A copy of the shared trained run's log directory, for tests that add runs beside it."""
+    logs = tmp_path / "logs"
+    shutil.copytree(trained["root"] / "logs", logs)
+    return logs
+
+
+@pytest.mark.parametrize("failure", ["nan-loss", "ctrl-c"])
+def test_a_failed_or_interrupted_run_leaves_earlier_runs_alone(trained, earlier_run, tmp_path, monkeypatch, failure):
+    before = fingerprint(earlier_run / "full" / "version_0")
+    original = LogisticRegression.training_step
+
+    def failing(self, batch, batch_idx):
+        loss = original(self, batch, batch_idx)
+        if self.current_epoch < 7:  # the resumed run starts at epoch 5 and checkpoints epochs 5 and 6
+            return loss
+        if failure == "ctrl-c":
+            raise KeyboardInterrupt
+        return loss * float("nan")
+
+    monkeypatch.setattr(LogisticRegression, "training_step", failing)
+    sigint = signal.getsignal(signal.SIGINT)  # Lightning ignores Ctrl+C while it shuts down
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main(
+                fit_args(
+                    tmp_path,
+                    "--data.dataset",
+                    str(trained["data"]),
+                    "--data.batch_mode",
+                    "full",
+                    "--ckpt_path",
+                    "last",
+                    "--trainer.max_epochs",
+                    "20",
+                )
+            )
+    finally:
+        signal.signal(signal.SIGINT, sigint)
+    expected = 1 if failure == "ctrl-c" else "error: training stopped: the loss became nan at epoch 7, step 7"
+    assert str(exit_info.value.code).startswith(str(expected))
+    assert fingerprint(earlier_run / "full" / "version_0") == before
+    assert sorted(p.name for p in (earlier_run / "full").iterdir()) == ["version_0", "version_1"]
+    resumed = torch.load(earlier_run / "full" / "version_1" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["epoch"] == 6  # the failed run kept what it had finished, in its own directory
+    assert torch.isfinite(resumed["state_dict"]["linear.weight"]).all()
+
+
+def test_every_fit_writes_a_new_version_and_leaves_the_others(tmp_path):
+    data = separable_csv(tmp_path / "d.csv")
+    args = fit_args(tmp_path, "--data.dataset", str(data), "--data.batch_mode", "full")
+    main(args)
+    before = fingerprint(tmp_path / "logs" / "full" / "version_0")
+    main(args)
+    assert fingerprint(tmp_path / "logs" / "full" / "version_0") == before
+    names = {name for name in before if "events" not in name}  # event file names carry a time stamp
+    assert names <= fingerprint(tmp_path / "logs" / "full" / "version_1").keys()
+    assert "checkpoints/last.ckpt" in names
