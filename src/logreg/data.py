@@ -289,7 +289,7 @@ class TabularDataModule(L.LightningDataModule):
         return self._ready[stage]
 
     def standardize(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std  # (N, D) with statistics (D,)
+        return (x - self.mean).div_(self.std)  # (N, D) with statistics (D,); in place: one copy of x at a time
 
     def _to_device(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
