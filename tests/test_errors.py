@@ -352,8 +352,10 @@ def test_a_failed_or_interrupted_run_leaves_earlier_runs_alone(trained, earlier_
     assert str(exit_info.value.code).startswith(str(expected))
     assert fingerprint(earlier_run / "full" / "version_0") == before
     assert sorted(p.name for p in (earlier_run / "full").iterdir()) == ["version_0", "version_1"]
-    resumed = torch.load(earlier_run / "full" / "version_1" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert resumed["epoch"] == 6  # the failed run kept what it had finished, in its own directory
+    # The failed run kept what it had finished, in its own directory: its best checkpoint, of a finished epoch.
+    (kept,) = (earlier_run / "full" / "version_1" / "checkpoints").glob("*.ckpt")
+    resumed = torch.load(kept, weights_only=True)
+    assert kept.name == "best-epoch6.ckpt" and resumed["epoch"] == 6
     assert torch.isfinite(resumed["state_dict"]["linear.weight"]).all()
 
 

@@ -220,12 +220,21 @@ def measure_memory(rows: int, features: int, device: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def _rss_bytes(field: str) -> int:
+    """VmRSS (now) or VmHWM (peak) of this process from /proc; the peak from getrusage elsewhere."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _memory_probe(rows: int, features: int, device: str) -> None:
-    kib = 1024
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib  # imports done, no data yet
+    before = _rss_bytes("VmRSS")  # imports done, no data yet
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
         time_project("full", rows, features, rows, 2, device, 0.01)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib
+    peak = _rss_bytes("VmHWM")
     data = rows * (features + 1) * 4  # float32 features and labels
     report = {"data_bytes": data, "peak_rss_increase_bytes": peak - before, "ratio": (peak - before) / data}
     if device == "cuda":  # the training data lives in GPU memory there

@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from typing_extensions import override
 
+from logreg.callbacks import LastCheckpoint
 from logreg.checkpoint import SavedRun, configure_columns, find_last_checkpoint, read_checkpoint
 from logreg.data import ConfigError, TabularDataModule
 from logreg.datasets import DataError
@@ -27,16 +28,6 @@ from logreg.model import LogisticRegression
 from logreg.predict import PredictionWriter
 
 DEFAULT_LOG_DIR = "lightning_logs"
-PROGRESS_REFRESH_RATE = 50
-
-
-def last_checkpoint() -> ModelCheckpoint:
-    """``last.ckpt`` written after every epoch, the state ``--ckpt_path last`` resumes from.
-
-    ``ModelCheckpoint(save_last=True)`` on the monitored callback would not do: Lightning refreshes that
-    copy only when a best checkpoint is saved, so after an epoch without improvement it holds an older state.
-    """
-    return ModelCheckpoint(filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
 
 
 PREDICT_RUN_NAME = "predict"  # prediction runs get their own versions, apart from the training runs
@@ -77,14 +68,8 @@ class LogRegCLI(LightningCLI):
         if config.trainer.enable_progress_bar is not False and not any(
             "ProgressBar" in c.class_path for c in callbacks
         ):
-            # Redrawing the bar costs more than a small update; redraw every PROGRESS_REFRESH_RATE steps.
-            config.trainer.callbacks = [
-                *callbacks,
-                Namespace(
-                    class_path="lightning.pytorch.callbacks.TQDMProgressBar",
-                    init_args=Namespace(refresh_rate=PROGRESS_REFRESH_RATE, process_position=0, leave=False),
-                ),
-            ]
+            # Lightning's default bar redraws more often than a small update takes (see ProgressBar).
+            config.trainer.callbacks = [*callbacks, Namespace(class_path="logreg.callbacks.ProgressBar")]
         if self.subcommand == "fit" and config.model.optimizer == "lbfgs" and config.data.batch_mode != "full":
             # Checked here, before any run directory exists; the model checks again for Python users.
             self.parser.error(
@@ -137,7 +122,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> LogRegCLI:
         seed_everything_default=42,
         auto_configure_optimizers=False,
         # Default callbacks are added to any given with --trainer.callbacks.
-        trainer_defaults={"max_epochs": 20, "callbacks": [last_checkpoint(), StopOnNonFiniteLoss()]},
+        trainer_defaults={"max_epochs": 20, "callbacks": [LastCheckpoint(), StopOnNonFiniteLoss()]},
         parser_kwargs={"exit_on_error": False},  # parse errors are raised, and reported by main() as one line
     )
 
