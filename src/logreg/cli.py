@@ -97,6 +97,8 @@ class LogRegCLI(LightningCLI):
     @override
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
+        if self.subcommand != "predict":  # the writer's hooks would run at every training batch for nothing
+            self.trainer.callbacks = [c for c in self.trainer.callbacks if not isinstance(c, PredictionWriter)]
         if self.saved is not None and self.model.hparams.num_features != self.saved.num_features:
             raise DataError(
                 f"{self.datamodule.hparams.dataset}: has {self.model.hparams.num_features} features, but the "
