@@ -19,13 +19,16 @@ def fit(root: Path, *extra: str) -> None:
     main(["fit", *TINY, *QUIET, "--trainer.default_root_dir", str(root), *extra])
 
 
-def test_fit_writes_tensorboard_metrics_checkpoints_and_the_resolved_config(tmp_path):
+@pytest.mark.parametrize("update_group", ["1", "3", "64"])
+def test_fit_writes_tensorboard_metrics_checkpoints_and_the_resolved_config(tmp_path, update_group):
     fit(
         tmp_path,
         "--data.batch_mode",
         "minibatch",
         "--data.batch_size",
         "16",
+        "--data.update_group",
+        update_group,
         "--trainer.max_epochs",
         "2",
         "--trainer.log_every_n_steps",
@@ -35,9 +38,12 @@ def test_fit_writes_tensorboard_metrics_checkpoints_and_the_resolved_config(tmp_
     series = scalars(run)
     for tag in ("train/loss", "train/loss_epoch", "val/loss", "val/acc", "val/auroc", "val/f1"):
         assert tag in series, tag
-    assert len(series["val/acc"]) == 2 and len(series["train/loss_epoch"]) == 2
-    # 120 training rows / 16 = 8 updates per epoch; with log_every_n_steps=5 the steps written are 4, 9, 14
+    # 120 training rows / 16 = 8 updates per epoch; with log_every_n_steps=5 the steps written are 4, 9, 14,
+    # and epoch metrics land at the last update of their epoch, however many updates a Lightning batch holds
     assert [step for step, _ in series["train/loss"]] == [4, 9, 14]
+    for tag in ("train/loss_epoch", "val/acc"):
+        assert [step for step, _ in series[tag]] == [7, 15], tag
+    assert series["epoch"] == [(4, 0), (7, 0), (7, 0), (9, 1), (14, 1), (15, 1), (15, 1)]  # as Lightning writes it
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert len(list((run / "checkpoints").glob("best-epoch*.ckpt"))) == 1
     config = yaml.safe_load((run / "config.yaml").read_text())

@@ -322,12 +322,12 @@ def test_a_failed_or_interrupted_run_leaves_earlier_runs_alone(trained, earlier_
     original = LogisticRegression.training_step
 
     def failing(self, batch, batch_idx):
-        loss = original(self, batch, batch_idx)
+        outputs = original(self, batch, batch_idx)
         if self.current_epoch < 7:  # the resumed run starts at epoch 5 and checkpoints epochs 5 and 6
-            return loss
+            return outputs
         if failure == "ctrl-c":
             raise KeyboardInterrupt
-        return loss * float("nan")
+        return {"losses": outputs["losses"] * float("nan")}
 
     monkeypatch.setattr(LogisticRegression, "training_step", failing)
     sigint = signal.getsignal(signal.SIGINT)  # Lightning ignores Ctrl+C while it shuts down
