@@ -7,9 +7,10 @@ import pytest
 import torch
 import yaml
 from conftest import scalars
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 from logreg import LogisticRegression, TabularDataModule
-from logreg.cli import main
+from logreg.cli import build_cli, main
 
 TINY = ["--data.dataset", "synthetic", "--data.synthetic_rows", "200", "--data.synthetic_features", "3"]
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
@@ -50,6 +51,14 @@ def test_fit_writes_tensorboard_metrics_checkpoints_and_the_resolved_config(tmp_
     assert config["data"]["batch_mode"] == "minibatch"
     assert "num_features" not in config["model"]  # linked from the data, never typed ...
     assert yaml.safe_load((run / "hparams.yaml").read_text())["num_features"] == 3  # ... yet the model got it
+
+
+@pytest.mark.parametrize(("update_group", "refresh_rate"), [("1", 50), ("16", 3), ("64", 1)])
+def test_the_progress_bar_redraws_about_every_50_updates(tmp_path, update_group, refresh_rate):
+    args = ["--data.update_group", update_group, "--trainer.default_root_dir", str(tmp_path)]
+    cli = build_cli(["--trainer.enable_model_summary", "false", *TINY, *args], run=False)
+    (bar,) = [c for c in cli.trainer.callbacks if isinstance(c, TQDMProgressBar)]
+    assert bar.refresh_rate == refresh_rate  # groups of update_group updates per bar step
 
 
 def test_each_mode_logs_to_its_own_run_directory(tmp_path):

@@ -27,7 +27,7 @@ from logreg.model import LogisticRegression
 from logreg.predict import PredictionWriter
 
 DEFAULT_LOG_DIR = "lightning_logs"
-PROGRESS_REFRESH_RATE = 50
+PROGRESS_REFRESH_UPDATES = 50  # redraw the progress bar about every this many weight updates
 
 
 def last_checkpoint() -> ModelCheckpoint:
@@ -77,12 +77,13 @@ class LogRegCLI(LightningCLI):
         if config.trainer.enable_progress_bar is not False and not any(
             "ProgressBar" in c.class_path for c in callbacks
         ):
-            # Redrawing the bar costs more than a small update; redraw every PROGRESS_REFRESH_RATE steps.
+            # Redrawing the bar costs more than a small update; a bar step is a group of update_group updates.
+            refresh_rate = max(1, PROGRESS_REFRESH_UPDATES // config.data.update_group)
             config.trainer.callbacks = [
                 *callbacks,
                 Namespace(
                     class_path="lightning.pytorch.callbacks.TQDMProgressBar",
-                    init_args=Namespace(refresh_rate=PROGRESS_REFRESH_RATE, process_position=0, leave=False),
+                    init_args=Namespace(refresh_rate=refresh_rate, process_position=0, leave=False),
                 ),
             ]
         if self.subcommand == "fit" and config.model.optimizer == "lbfgs" and config.data.batch_mode != "full":
