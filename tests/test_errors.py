@@ -142,6 +142,17 @@ ARGUMENT_CASES = [
     ),
     ("lr-negative", ["--model.lr", "-0.1"], r"lr must be positive and at most 3\.4e\+38; got -0\.1\."),
     ("lr-overflowing-float32", ["--model.lr", "1e39"], r"lr must be positive and at most 3\.4e\+38; got 1e\+39\."),
+    ("update-group-zero", ["--data.update_group", "0"], r"update_group must be a positive number of updates; got 0\."),
+    (
+        "gradient-clipping",
+        ["--trainer.gradient_clip_val", "1.0"],
+        r"--trainer\.gradient_clip_val is not supported: the model does several weight updates per batch",
+    ),
+    (
+        "gradient-accumulation",
+        ["--trainer.accumulate_grad_batches", "2"],
+        r"--trainer\.accumulate_grad_batches is not supported: .*raise --data\.batch_size\.",
+    ),
 ]
 
 

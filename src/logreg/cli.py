@@ -86,6 +86,14 @@ class LogRegCLI(LightningCLI):
                     init_args=Namespace(refresh_rate=refresh_rate, process_position=0, leave=False),
                 ),
             ]
+        if self.subcommand == "fit":
+            for name, off in (("gradient_clip_val", None), ("accumulate_grad_batches", 1)):
+                if config.trainer[name] not in (off, 0):
+                    # Lightning does these only when it steps the optimizer; the model steps it itself, per update.
+                    self.parser.error(
+                        f"--trainer.{name} is not supported: the model does several weight updates per batch "
+                        "(--data.update_group); for more rows per update raise --data.batch_size."
+                    )
         if self.subcommand == "fit" and config.model.optimizer == "lbfgs" and config.data.batch_mode != "full":
             # Checked here, before any run directory exists; the model checks again for Python users.
             self.parser.error(
