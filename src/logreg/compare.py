@@ -4,9 +4,9 @@ Each batch mode trains once through :class:`TabularDataModule`, :class:`Logistic
 ``Trainer`` that logs to its own TensorBoard run (``<out>/<mode>/version_N``, as the CLI names runs), so
 ``tensorboard --logdir <out>`` overlays them. :class:`LossTrace` records the loss of every weight update and
 when it happened, independent of the logging interval; each mode trains with one update per Lightning batch,
-so the whole-split loss can be evaluated after any number of updates. From those traces come a table (updates per epoch,
-total updates, seconds, final validation loss and accuracy, loss noise) and a figure of the training loss
-against epochs, weight updates and seconds.
+so the whole-split loss can be evaluated after any number of updates. From those traces come a table
+(updates per epoch, total updates, seconds, final validation loss and accuracy, loss noise) and a figure of
+the training loss against epochs, weight updates and seconds.
 """
 
 from __future__ import annotations

@@ -114,13 +114,9 @@ class TensorBatches:
         self._epoch = epoch
         self._passes = 0
 
-    @property
-    def batches(self) -> int:
-        """Batches per pass, however they are grouped (under DDP: global batches)."""
-        return math.ceil(len(self.tensors[0]) / self.batch_size)
-
     def __len__(self) -> int:
-        return self.batches if self.group is None else math.ceil(self.batches / self.group)
+        batches = math.ceil(len(self.tensors[0]) / self.batch_size)  # under DDP: global batches
+        return batches if self.group is None else math.ceil(batches / self.group)
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         if self.group is None:

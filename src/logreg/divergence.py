@@ -37,8 +37,8 @@ class StopOnNonFiniteLoss(Callback):
 
     def __init__(self, max_pending: int = 1024) -> None:
         self.max_pending = max_pending
-        self._pending: list[torch.Tensor] = []  # losses of consecutive updates not yet checked, one tensor per batch
-        self._pending_count = 0
+        self._pending: list[torch.Tensor] = []  # (K,) losses per batch, of consecutive updates not yet checked
+        self._pending_count = 0  # updates pending
         self._epoch_start = 0  # global_step when the epoch began
 
     @override

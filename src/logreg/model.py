@@ -4,8 +4,9 @@ The model does not know which gradient-descent variant runs; the data module dec
 the batches it serves. Under DDP a training batch is one rank's shard of a global batch and carries that
 global batch's row count (see ``TensorBatches``), so the ranks' averaged gradient is exactly the global
 batch's mean gradient. A training batch from ``TabularDataModule`` is a group of consecutive update
-batches (``update_group``), and ``training_step`` does one weight update per batch of the group. ``binary_cross_entropy_with_logits`` takes logits, not probabilities: it equals
-sigmoid followed by BCE, but computes log(sigmoid(z)) stably, so it stays exact where sigmoid saturates.
+batches (``update_group``), and ``training_step`` does one weight update per batch of the group.
+``binary_cross_entropy_with_logits`` takes logits, not probabilities: it equals sigmoid followed by BCE,
+but computes log(sigmoid(z)) stably, so it stays exact where sigmoid saturates.
 """
 
 from __future__ import annotations
@@ -182,9 +183,9 @@ class LogisticRegression(L.LightningModule):
             return torch.optim.Adam(self.parameters(), lr=hp.lr)
         if hp.optimizer == "lbfgs":
             # max_iter=1: one L-BFGS iteration and one loss evaluation (closure call) per weight update, as
-            # the other optimizers take; a larger max_iter or the line search would evaluate it several times
-            # and make one update of several iterations. The tolerances
-            # stop it where float32 gradients no longer resolve the optimum, so a converged model stays put.
+            # the other optimizers take; a larger max_iter or the line search would make one update of several
+            # iterations. The tolerances stop it where float32 gradients no longer resolve the optimum, so a
+            # converged model stays put.
             return torch.optim.LBFGS(
                 self.parameters(), lr=hp.lr, max_iter=1, history_size=10, tolerance_grad=1e-9, tolerance_change=1e-12
             )
