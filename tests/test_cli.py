@@ -7,9 +7,10 @@ import pytest
 import torch
 import yaml
 from conftest import scalars
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 from logreg import LogisticRegression, TabularDataModule
-from logreg.cli import main
+from logreg.cli import build_cli, main
 
 TINY = ["--data.dataset", "synthetic", "--data.synthetic_rows", "200", "--data.synthetic_features", "3"]
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
@@ -19,13 +20,16 @@ def fit(root: Path, *extra: str) -> None:
     main(["fit", *TINY, *QUIET, "--trainer.default_root_dir", str(root), *extra])
 
 
-def test_fit_writes_tensorboard_metrics_checkpoints_and_the_resolved_config(tmp_path):
+@pytest.mark.parametrize("update_group", ["1", "3", "64"])
+def test_fit_writes_tensorboard_metrics_checkpoints_and_the_resolved_config(tmp_path, update_group):
     fit(
         tmp_path,
         "--data.batch_mode",
         "minibatch",
         "--data.batch_size",
         "16",
+        "--data.update_group",
+        update_group,
         "--trainer.max_epochs",
         "2",
         "--trainer.log_every_n_steps",
@@ -35,15 +39,26 @@ def test_fit_writes_tensorboard_metrics_checkpoints_and_the_resolved_config(tmp_
     series = scalars(run)
     for tag in ("train/loss", "train/loss_epoch", "val/loss", "val/acc", "val/auroc", "val/f1"):
         assert tag in series, tag
-    assert len(series["val/acc"]) == 2 and len(series["train/loss_epoch"]) == 2
-    # 120 training rows / 16 = 8 updates per epoch; with log_every_n_steps=5 the steps written are 4, 9, 14
+    # 120 training rows / 16 = 8 updates per epoch; with log_every_n_steps=5 the steps written are 4, 9, 14,
+    # and epoch metrics land at the last update of their epoch, however many updates a Lightning batch holds
     assert [step for step, _ in series["train/loss"]] == [4, 9, 14]
+    for tag in ("train/loss_epoch", "val/acc"):
+        assert [step for step, _ in series[tag]] == [7, 15], tag
+    assert series["epoch"] == [(4, 0), (7, 0), (7, 0), (9, 1), (14, 1), (15, 1), (15, 1)]  # as Lightning writes it
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert len(list((run / "checkpoints").glob("best-epoch*.ckpt"))) == 1
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["data"]["batch_mode"] == "minibatch"
     assert "num_features" not in config["model"]  # linked from the data, never typed ...
     assert yaml.safe_load((run / "hparams.yaml").read_text())["num_features"] == 3  # ... yet the model got it
+
+
+@pytest.mark.parametrize(("update_group", "refresh_rate"), [("1", 50), ("16", 3), ("64", 1)])
+def test_the_progress_bar_redraws_about_every_50_updates(tmp_path, update_group, refresh_rate):
+    args = ["--data.update_group", update_group, "--trainer.default_root_dir", str(tmp_path)]
+    cli = build_cli(["--trainer.enable_model_summary", "false", *TINY, *args], run=False)
+    (bar,) = [c for c in cli.trainer.callbacks if isinstance(c, TQDMProgressBar)]
+    assert bar.refresh_rate == refresh_rate  # groups of update_group updates per bar step
 
 
 def test_each_mode_logs_to_its_own_run_directory(tmp_path):

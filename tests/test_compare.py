@@ -7,6 +7,7 @@ import pytest
 import torch.nn.functional as F
 import yaml
 from conftest import scalars
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from logreg import LogisticRegression, TabularDataModule
 from logreg.compare import DEFAULT_LR, FIGURE_NAME, MODES, TABLE_NAME, LossTrace, compare_modes, loss_noise
@@ -86,17 +87,45 @@ def test_loss_noise_is_the_spread_of_successive_differences_over_the_last_half()
     assert loss_noise([1.0, 0.5, 0.25, 0.2]) is None  # too few updates to measure
 
 
-def test_the_whole_split_loss_is_evaluated_at_geometric_update_counts_and_epoch_ends():
+@pytest.mark.parametrize(
+    ("update_group", "evaluated_at"),
+    [
+        (1, [0, 1, 2, 4, 8, 16, 32, 64, 120]),  # 120 updates in the epoch
+        (16, [0, 16, 32, 64, 120]),  # evaluated at the first batch end past each count
+    ],
+)
+def test_the_whole_split_loss_is_evaluated_at_geometric_update_counts_and_epoch_ends(update_group, evaluated_at):
     trace = LossTrace(growth=2.0)
-    dm = TabularDataModule(dataset="synthetic", batch_mode="example", seed=3, **TINY)
+    dm = TabularDataModule(dataset="synthetic", batch_mode="example", seed=3, update_group=update_group, **TINY)
     trainer = L.Trainer(
         max_epochs=1, callbacks=[trace], logger=False, enable_checkpointing=False, enable_progress_bar=False
     )
     trainer.fit(LogisticRegression(num_features=3, lr=0.05), datamodule=dm)
-    assert [u for u, _, _, _ in trace.curve] == [0, 1, 2, 4, 8, 16, 32, 64, 120]  # 120 updates in the epoch
+    assert [u for u, _, _, _ in trace.curve] == evaluated_at
     x, y = dm.split("train")
     final = F.binary_cross_entropy_with_logits(trainer.lightning_module(x), y).item()
     assert trace.curve[-1][3] == pytest.approx(final)
+
+
+def test_the_trace_records_every_update_of_grouped_batches(tmp_path):
+    # 120 rows in minibatches of 16: 8 updates per epoch in batches of 3, 3 and 2 updates
+    dm = TabularDataModule(dataset="synthetic", batch_mode="minibatch", batch_size=16, update_group=3, **TINY)
+    trace = LossTrace()
+    trainer = L.Trainer(
+        max_epochs=2,
+        callbacks=[trace],
+        logger=TensorBoardLogger(tmp_path, name="", version=""),
+        log_every_n_steps=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+    )
+    trainer.fit(LogisticRegression(num_features=3, lr=0.5), datamodule=dm)
+    assert trainer.global_step == 16
+    assert trace.epochs == pytest.approx([u / 8 for u in range(16)])
+    assert trace.losses == pytest.approx([v for _, v in scalars(tmp_path)["train/loss"]])  # the ones logged
+    assert len(set(trace.losses)) == 16 and trace.losses[0] == pytest.approx(0.693147, abs=1e-6)  # zero weights
+    assert len(trace.seconds) == 16 and trace.seconds == sorted(trace.seconds) and trace.seconds[0] > 0
+    assert {u for u, _, _, _ in trace.curve} >= {0, 8, 16}  # before training and after each epoch
 
 
 def test_existing_outputs_are_never_replaced(tmp_path):

@@ -14,15 +14,17 @@ SMALL = {"dataset": "synthetic", "synthetic_rows": 103, "synthetic_features": 3}
 
 
 class DivergesAt(LogisticRegression):
-    """The loss turns infinite from global step ``bad_step`` on, as an overflowing learning rate makes it."""
+    """The training loss turns infinite from update ``bad_step`` on, as an overflowing learning rate makes it."""
 
     def __init__(self, bad_step: int, **kwargs) -> None:
         super().__init__(**kwargs)
         self.bad_step = bad_step
 
-    def training_step(self, batch, batch_idx):
-        loss = super().training_step(batch, batch_idx)
-        return loss * math.inf if self.global_step >= self.bad_step else loss
+    def _shared_step(self, batch):
+        loss, logits = super()._shared_step(batch)
+        if self.training and self.global_step >= self.bad_step:
+            loss = loss * math.inf
+        return loss, logits
 
 
 @pytest.mark.parametrize(
@@ -34,10 +36,11 @@ class DivergesAt(LogisticRegression):
         ("example", 32, 1, 37, 0, 37),  # checked every step
     ],
 )
+@pytest.mark.parametrize("update_group", [1, 3, 64])  # updates per training batch: the same step is named
 def test_training_stops_naming_the_first_non_finite_step(
-    tmp_path, batch_mode, batch_size, log_every, bad_step, epoch, batch
+    tmp_path, batch_mode, batch_size, log_every, bad_step, epoch, batch, update_group
 ):
-    dm = TabularDataModule(batch_mode=batch_mode, batch_size=batch_size, **SMALL)
+    dm = TabularDataModule(batch_mode=batch_mode, batch_size=batch_size, update_group=update_group, **SMALL)
     trainer = L.Trainer(
         max_epochs=10,
         logger=TensorBoardLogger(tmp_path, name="", version=""),
@@ -58,8 +61,9 @@ def test_training_stops_naming_the_first_non_finite_step(
     assert len(logged.get("val/loss", [])) == epoch  # no validation of the broken weights
 
 
-def test_pending_losses_are_bounded_between_logged_steps():
-    dm = TabularDataModule(batch_mode="example", **SMALL)
+@pytest.mark.parametrize(("update_group", "checked_at"), [(1, 8), (3, 6)])
+def test_pending_losses_are_bounded_between_logged_steps(update_group, checked_at):
+    dm = TabularDataModule(batch_mode="example", update_group=update_group, **SMALL)
     guard = StopOnNonFiniteLoss(max_pending=4)
     trainer = L.Trainer(
         max_epochs=1,
@@ -73,7 +77,8 @@ def test_pending_losses_are_bounded_between_logged_steps():
     )
     with pytest.raises(NonFiniteLossError, match=r"at epoch 0, step 5 \(batch 5 of the epoch\)"):
         trainer.fit(DivergesAt(5, num_features=3), datamodule=dm)
-    assert trainer.global_step == 8  # checked after the 4th and the 8th batch
+    # checked once 4 or more updates are pending: after updates 4 and 8, or after the groups ending at 3 and 6
+    assert trainer.global_step == checked_at
 
 
 @pytest.mark.gpu
@@ -84,11 +89,11 @@ def test_steps_between_checks_never_wait_for_the_device():
     module = SimpleNamespace(hparams={"lr": 0.1})
     torch.cuda.set_sync_debug_mode("error")  # any host-device synchronisation now raises
     try:
-        for batch_idx in range(9):
-            trainer.global_step = batch_idx + 1
-            guard.on_train_batch_end(trainer, module, {"loss": torch.ones((), device="cuda")}, None, batch_idx)
-        trainer.global_step = 10
-        with pytest.raises(RuntimeError, match="synchroniz"):  # the check at a logged step is the one wait
-            guard.on_train_batch_end(trainer, module, {"loss": torch.ones((), device="cuda")}, None, 9)
+        for batch_idx in range(3):  # groups of 3 updates: steps 0-8, none of them logged
+            trainer.global_step = 3 * (batch_idx + 1)
+            guard.on_train_batch_end(trainer, module, {"losses": torch.ones(3, device="cuda")}, None, batch_idx)
+        trainer.global_step = 12
+        with pytest.raises(RuntimeError, match="synchroniz"):  # the check after a logged step (9) is the one wait
+            guard.on_train_batch_end(trainer, module, {"losses": torch.ones(3, device="cuda")}, None, 3)
     finally:
         torch.cuda.set_sync_debug_mode("default")

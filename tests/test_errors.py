@@ -142,6 +142,17 @@ ARGUMENT_CASES = [
     ),
     ("lr-negative", ["--model.lr", "-0.1"], r"lr must be positive and at most 3\.4e\+38; got -0\.1\."),
     ("lr-overflowing-float32", ["--model.lr", "1e39"], r"lr must be positive and at most 3\.4e\+38; got 1e\+39\."),
+    ("update-group-zero", ["--data.update_group", "0"], r"update_group must be a positive number of updates; got 0\."),
+    (
+        "gradient-clipping",
+        ["--trainer.gradient_clip_val", "1.0"],
+        r"--trainer\.gradient_clip_val is not supported: the model does several weight updates per batch",
+    ),
+    (
+        "gradient-accumulation",
+        ["--trainer.accumulate_grad_batches", "2"],
+        r"--trainer\.accumulate_grad_batches is not supported: .*raise --data\.batch_size\.",
+    ),
 ]
 
 
@@ -322,12 +333,12 @@ def test_a_failed_or_interrupted_run_leaves_earlier_runs_alone(trained, earlier_
     original = LogisticRegression.training_step
 
     def failing(self, batch, batch_idx):
-        loss = original(self, batch, batch_idx)
+        outputs = original(self, batch, batch_idx)
         if self.current_epoch < 7:  # the resumed run starts at epoch 5 and checkpoints epochs 5 and 6
-            return loss
+            return outputs
         if failure == "ctrl-c":
             raise KeyboardInterrupt
-        return loss * float("nan")
+        return {"losses": outputs["losses"] * float("nan")}
 
     monkeypatch.setattr(LogisticRegression, "training_step", failing)
     sigint = signal.getsignal(signal.SIGINT)  # Lightning ignores Ctrl+C while it shuts down

@@ -26,12 +26,12 @@ def test_accelerator_auto_trains_on_the_gpu_with_the_data_held_there():
     x_train, _ = dm.split("train")
     assert x_train.device.type == "cuda"
     # the batches served are already on the GPU (views of the held split): nothing is copied from the host per step
-    bx, by = next(iter(dm.train_dataloader()))
+    (bx, by), *_ = next(iter(dm.train_dataloader()))  # the first update batch of the first group
     assert bx.device.type == by.device.type == "cuda"
     full_dm = TabularDataModule(batch_mode="full")
     full_dm.trainer = trainer
     full_dm.setup("fit")
-    (fx, _), *_ = full_dm.train_dataloader()
+    (((fx, _),),) = full_dm.train_dataloader()  # one group of one update batch
     assert fx.data_ptr() == full_dm.split("train")[0].data_ptr()
 
 

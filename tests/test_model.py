@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from sklearn.linear_model import LogisticRegression as SklearnLogisticRegression
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
+from torch.utils.data import DataLoader, TensorDataset
 
 from logreg import LogisticRegression, TabularDataModule
 
@@ -216,3 +217,45 @@ def test_weight_decay_reaches_the_matching_l2_penalised_sklearn_solution(optimiz
     # measured: 5e-7 and 2e-14 for gradient descent, 6e-7 and 3e-14 for L-BFGS
     assert (params - reference).abs().max() < 1e-5
     assert abs(objective(x, y, params, 0.05) - objective(x, y, reference, 0.05)) < 1e-10
+
+
+def fit_weights(update_group: int, batch_mode: str = "example", **trainer_args) -> tuple[torch.Tensor, int, float]:
+    """(weights and bias, global_step, train/loss_epoch) after SGD with momentum on 61 rows."""
+    dm = TabularDataModule(batch_mode=batch_mode, batch_size=7, update_group=update_group, **SMALL)
+    model = LogisticRegression(num_features=3, lr=0.3, momentum=0.9, weight_decay=0.01)
+    trainer = quiet_trainer(**trainer_args)
+    trainer.fit(model, datamodule=dm)
+    params = torch.cat([model.linear.weight[0], model.linear.bias]).detach()
+    return params, trainer.global_step, trainer.callback_metrics["train/loss_epoch"].item()
+
+
+@pytest.mark.parametrize("batch_mode", ["example", "minibatch"])
+def test_the_updates_are_bit_identical_for_any_update_group(batch_mode):
+    # 61 rows: 61 updates per example (groups of 7: the last holds 5) or 9 minibatches of 7 (groups 7 + 2)
+    params, steps, epoch_loss = fit_weights(1, batch_mode, max_epochs=2)
+    assert steps == 2 * (61 if batch_mode == "example" else 9)
+    assert params.abs().min() > 0.01  # trained, not zeros
+    for group in (7, 64):
+        grouped, grouped_steps, grouped_loss = fit_weights(group, batch_mode, max_epochs=2)
+        assert torch.equal(grouped, params) and grouped_steps == steps
+        assert grouped_loss == epoch_loss
+
+
+def test_max_steps_counts_updates_within_a_group():
+    params, steps, _ = fit_weights(1, max_steps=5)
+    grouped, grouped_steps, _ = fit_weights(3, max_steps=5)  # stops in the second group
+    assert grouped_steps == steps == 5 and torch.equal(grouped, params)
+
+
+def test_a_plain_dataloader_batch_is_one_update():
+    dm = TabularDataModule(batch_mode="minibatch", batch_size=16, update_group=3, **SMALL)
+    grouped = LogisticRegression(num_features=3, lr=0.5)
+    quiet_trainer(max_epochs=1).fit(grouped, datamodule=dm)
+    x, y = dm.split("train")
+    plain = LogisticRegression(num_features=3, lr=0.5)
+    trainer = quiet_trainer(max_epochs=1)
+    # the data module's first epoch order, served by a DataLoader over the shuffled rows
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(42 * 1_000_003))
+    trainer.fit(plain, train_dataloaders=DataLoader(TensorDataset(x[order], y[order]), batch_size=16))
+    assert trainer.global_step == 4
+    torch.testing.assert_close(plain.linear.weight, grouped.linear.weight, rtol=0, atol=0)

@@ -28,6 +28,7 @@ from logreg.model import LogisticRegression
 from logreg.predict import PredictionWriter
 
 DEFAULT_LOG_DIR = "lightning_logs"
+PROGRESS_REFRESH_UPDATES = 50  # update the progress bar's count about every this many weight updates
 
 
 PREDICT_RUN_NAME = "predict"  # prediction runs get their own versions, apart from the training runs
@@ -68,8 +69,21 @@ class LogRegCLI(LightningCLI):
         if config.trainer.enable_progress_bar is not False and not any(
             "ProgressBar" in c.class_path for c in callbacks
         ):
-            # Lightning's default bar redraws more often than a small update takes (see ProgressBar).
-            config.trainer.callbacks = [*callbacks, Namespace(class_path="logreg.callbacks.ProgressBar")]
+            # Lightning's default bar redraws more often than a small update takes (see ProgressBar); a bar
+            # step is a group of update_group updates.
+            refresh_rate = max(1, PROGRESS_REFRESH_UPDATES // config.data.update_group)
+            config.trainer.callbacks = [
+                *callbacks,
+                Namespace(class_path="logreg.callbacks.ProgressBar", init_args=Namespace(refresh_rate=refresh_rate)),
+            ]
+        if self.subcommand == "fit":
+            for name, off in (("gradient_clip_val", None), ("accumulate_grad_batches", 1)):
+                if config.trainer[name] not in (off, 0):
+                    # Lightning does these only when it steps the optimizer; the model steps it itself, per update.
+                    self.parser.error(
+                        f"--trainer.{name} is not supported: the model does several weight updates per batch "
+                        "(--data.update_group); for more rows per update raise --data.batch_size."
+                    )
         if self.subcommand == "fit" and config.model.optimizer == "lbfgs" and config.data.batch_mode != "full":
             # Checked here, before any run directory exists; the model checks again for Python users.
             self.parser.error(

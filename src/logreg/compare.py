@@ -3,9 +3,10 @@
 Each batch mode trains once through :class:`TabularDataModule`, :class:`LogisticRegression` and a Lightning
 ``Trainer`` that logs to its own TensorBoard run (``<out>/<mode>/version_N``, as the CLI names runs), so
 ``tensorboard --logdir <out>`` overlays them. :class:`LossTrace` records the loss of every weight update and
-when it happened, independent of the logging interval. From those traces come a table (updates per epoch,
-total updates, seconds, final validation loss and accuracy, loss noise) and a figure of the training loss
-against epochs, weight updates and seconds.
+when it happened, independent of the logging interval; each mode trains with one update per Lightning batch,
+so the whole-split loss can be evaluated after any number of updates. From those traces come a table
+(updates per epoch, total updates, seconds, final validation loss and accuracy, loss noise) and a figure of
+the training loss against epochs, weight updates and seconds.
 """
 
 from __future__ import annotations
@@ -44,11 +45,13 @@ class LossTrace(Callback):
     Per update: the loss of its batch (computed before the update changes the weights, so it belongs to
     ``epochs``, the epochs done before it, e.g. 0.5 halfway through the first) and the seconds of training
     when the update has finished. Seconds count from the start of training and leave out validation and the
-    evaluations below, so they measure what the updates cost.
+    evaluations below, so they measure what the updates cost. When a Lightning batch holds several updates,
+    the callback sees them at the batch's end: each gets an even share of the batch's time.
 
     The whole-split loss is what the updates achieve, free of the batch's sampling noise. It is evaluated
     before the first update, after every epoch, and after update counts that grow by ``growth`` (geometric
-    spacing, a few hundred evaluations however long the run), into ``curve`` as
+    spacing, a few hundred evaluations however long the run; with several updates per batch, at the first
+    batch end past each count), into ``curve`` as
     (updates done, epochs done, seconds, loss). The data module must offer ``split("train")``, as
     :class:`TabularDataModule` does.
 
@@ -67,27 +70,38 @@ class LossTrace(Callback):
         self.epochs: list[float] = []
         self.seconds: list[float] = []
         self.curve: list[tuple[int, float, float, float]] = []
-        self._start = self._paused = self._validation_start = 0.0
+        self._start = self._paused = self._validation_start = self._last = 0.0
         self._next_evaluation = 1
+        self._epoch_start = 0  # global_step when the epoch began
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start, self._paused, self._next_evaluation = time.perf_counter(), 0.0, 1
+        self._start, self._paused, self._last, self._next_evaluation = time.perf_counter(), 0.0, 0.0, 1
         self._evaluate(trainer, pl_module, epochs=0.0)
+
+    @override
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_start = trainer.global_step
 
     @override
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        # .item() waits for the update to finish, so the clock below includes it on any device.
-        self.losses.append(outputs["loss"].item())
-        self.seconds.append(self._clock())
-        self.epochs.append(trainer.current_epoch + batch_idx / trainer.num_training_batches)
+        # A batch holds one or more updates (the data module's update_group). .tolist() waits for them to
+        # finish, so the clock below includes them on any device.
+        losses = outputs["losses"].tolist()
+        now, per_epoch = self._clock(), trainer.datamodule.updates_per_epoch
+        first = trainer.global_step - len(losses) - self._epoch_start  # this batch's first update in the epoch
+        for k, loss in enumerate(losses):
+            self.losses.append(loss)
+            # The updates of a batch cost alike: share its time out evenly.
+            self.seconds.append(self._last + (now - self._last) * (k + 1) / len(losses))
+            self.epochs.append(trainer.current_epoch + (first + k) / per_epoch)
+        self._last = now
         epoch_done = batch_idx + 1 == trainer.num_training_batches
         if trainer.global_step >= self._next_evaluation or epoch_done:
-            self._evaluate(
-                trainer, pl_module, epochs=trainer.current_epoch + (batch_idx + 1) / trainer.num_training_batches
-            )
+            done = trainer.global_step - self._epoch_start
+            self._evaluate(trainer, pl_module, epochs=trainer.current_epoch + done / per_epoch)
 
     @override
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -164,7 +178,10 @@ def train_mode(
 ) -> ModeResult:
     """Fit one batch mode with the project's data module, model and a Trainer; log to ``out/<mode>/version_N``."""
     L.seed_everything(seed, verbose=False)
-    dm = TabularDataModule(dataset=dataset, batch_mode=mode, batch_size=batch_size, seed=seed, **(data_args or {}))
+    # One update per Lightning batch, so that LossTrace can evaluate the whole-split loss after the first few
+    # updates, where gradient descent moves most; the updates themselves do not depend on the grouping.
+    data_args = {"update_group": 1, **(data_args or {})}
+    dm = TabularDataModule(dataset=dataset, batch_mode=mode, batch_size=batch_size, seed=seed, **data_args)
     lr = DEFAULT_LR[mode] if lr is None else lr
     model = LogisticRegression(num_features=dm.num_features, lr=lr)
     trace = LossTrace()
@@ -184,7 +201,7 @@ def train_mode(
         mode=mode,
         lr=lr,
         rows_per_update=dm.train_batch_size,
-        updates_per_epoch=trainer.num_training_batches,
+        updates_per_epoch=dm.updates_per_epoch,
         total_updates=trainer.global_step,
         seconds=trace.seconds[-1],
         final_train_loss=trace.curve[-1][3],

@@ -10,6 +10,11 @@ Batches are slices of tensors held in memory (on the training device when it has
 epoch, then a view per step. A ``DataLoader`` over a ``TensorDataset`` would index and collate row by row,
 which costs hundreds of times more than the update itself for large batches.
 
+Training batches come in groups of ``update_group`` consecutive update batches, one group per Lightning
+batch: Lightning's bookkeeping around each batch (hooks, loop state, progress bar) costs several times a
+small weight update, and the model does the group's updates in one ``training_step``. The grouping changes
+neither the updates nor their order.
+
 Under DDP (world size W > 1) the data module shards itself: Lightning injects a ``DistributedSampler``
 only into ``DataLoader`` objects, and that sampler pads the shards with repeated rows, which would bias
 full-batch gradient descent. Here an update takes a *global* batch of W times the rows of one process
@@ -74,6 +79,8 @@ class TensorBatches:
         world_size: Number of DDP processes. Above 1, each batch of ``batch_size`` rows is a global batch:
             this object yields shard ``rank`` of it (rows ``[rank * n // W, (rank + 1) * n // W)`` of its
             ``n`` rows) followed by ``n``, so batches are ``(*shards, n)``.
+        group: When given, yield tuples of up to ``group`` consecutive batches (the last tuple may be
+            shorter) instead of single batches; the batches are the same for any group size.
 
     Example:
         >>> batches = TensorBatches(torch.arange(10.0).view(5, 2), torch.zeros(5), batch_size=2)
@@ -81,6 +88,9 @@ class TensorBatches:
         (3, [(2, 2), (2, 2), (1, 2)])
         >>> [(x[:, 0].tolist(), n) for x, y, n in TensorBatches(*batches.tensors, batch_size=5, rank=1, world_size=2)]
         [([4.0, 6.0, 8.0], 5)]
+        >>> groups = TensorBatches(*batches.tensors, batch_size=2, group=2)
+        >>> len(groups), [[len(x) for x, y in group] for group in groups]
+        (2, [[2, 2], [1]])
     """
 
     def __init__(
@@ -92,6 +102,7 @@ class TensorBatches:
         epoch: Callable[[], int] | None = None,
         rank: int = 0,
         world_size: int = 1,
+        group: int | None = None,
     ) -> None:
         self.tensors = tensors
         self.batch_size = batch_size
@@ -99,13 +110,23 @@ class TensorBatches:
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.group = group
         self._epoch = epoch
         self._passes = 0
 
     def __len__(self) -> int:
-        return math.ceil(len(self.tensors[0]) / self.batch_size)
+        batches = math.ceil(len(self.tensors[0]) / self.batch_size)  # under DDP: global batches
+        return batches if self.group is None else math.ceil(batches / self.group)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        if self.group is None:
+            yield from self._batches()
+            return
+        batches = self._batches()
+        while group := tuple(itertools.islice(batches, self.group)):
+            yield group
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor | int, ...]]:
         tensors = self.tensors
         epoch = self._epoch() if self._epoch is not None else self._passes
         self._passes += 1
@@ -164,6 +185,11 @@ class TabularDataModule(L.LightningDataModule):
         synthetic_features: Features of the synthetic dataset.
         synthetic_noise: Standard deviation of the noise added to the synthetic logits (0: separable).
         eval_batch_size: Rows per batch for validation, test and prediction (no updates happen there).
+        update_group: Weight updates per Lightning training batch: the model does this many consecutive
+            updates in one ``training_step``, because Lightning's per-batch bookkeeping costs more than a small
+            update. The updates, their order, ``global_step`` and the logged steps are the same for any
+            value; a step of the progress bar is a group, and so is a batch wherever the Trainer counts
+            training batches (``limit_train_batches``, an integer ``val_check_interval``).
 
     Example:
         >>> dm = TabularDataModule(batch_mode="full")
@@ -188,12 +214,15 @@ class TabularDataModule(L.LightningDataModule):
         synthetic_features: int = 8,
         synthetic_noise: float = 0.5,
         eval_batch_size: int = 65_536,
+        update_group: int = 64,
     ) -> None:
         super().__init__()
         check_choice("batch_mode", batch_mode, get_args(BatchMode))
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if value < 1:
                 raise ConfigError(f"{name} must be a positive number of rows; got {value}.")
+        if update_group < 1:
+            raise ConfigError(f"update_group must be a positive number of updates; got {update_group}.")
         for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0 < value < 1:
                 raise ConfigError(f"{name} must lie strictly between 0 and 1; got {value}.")
@@ -241,6 +270,11 @@ class TabularDataModule(L.LightningDataModule):
         world = self._rank_and_world_size()[1]
         per_process = {"full": n_train, "example": 1, "minibatch": self.hparams.batch_size}[self.hparams.batch_mode]
         return min(per_process * world, n_train)
+
+    @property
+    def updates_per_epoch(self) -> int:
+        """Weight updates per epoch: ceil(N_train / train_batch_size), whatever ``update_group`` is."""
+        return math.ceil(len(self._raw["train"][0]) / self.train_batch_size)
 
     def load_table(self, stage: str = "fit") -> Table:
         """All rows of the configured dataset, in file order, with the features the model reads.
@@ -322,6 +356,7 @@ class TabularDataModule(L.LightningDataModule):
             epoch=lambda: self.trainer.current_epoch,
             rank=rank,
             world_size=world,
+            group=self.hparams.update_group,
         )
 
     @override

@@ -3,13 +3,16 @@
 The model does not know which gradient-descent variant runs; the data module decides that by the size of
 the batches it serves. Under DDP a training batch is one rank's shard of a global batch and carries that
 global batch's row count (see ``TensorBatches``), so the ranks' averaged gradient is exactly the global
-batch's mean gradient. ``binary_cross_entropy_with_logits`` takes logits, not probabilities: it equals
-sigmoid followed by BCE, but computes log(sigmoid(z)) stably, so it stays exact where sigmoid saturates.
+batch's mean gradient. A training batch from ``TabularDataModule`` is a group of consecutive update
+batches (``update_group``), and ``training_step`` does one weight update per batch of the group.
+``binary_cross_entropy_with_logits`` takes logits, not probabilities: it equals sigmoid followed by BCE,
+but computes log(sigmoid(z)) stably, so it stays exact where sigmoid saturates.
 """
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+import math
+from typing import Any, Literal, get_args
 
 import lightning as L
 import torch
@@ -73,6 +76,9 @@ class LogisticRegression(L.LightningModule):
         scores = MetricCollection({"acc": BinaryAccuracy(), "auroc": BinaryAUROC(), "f1": BinaryF1Score()})
         self.val_scores = scores.clone(prefix="val/")
         self.test_scores = scores.clone(prefix="test/")
+        # One Lightning batch holds several weight updates (Lightning's per-batch bookkeeping costs more than a
+        # small update), so training_step steps the optimizer itself; global_step still counts every update.
+        self.automatic_optimization = False
 
     @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,10 +105,16 @@ class LogisticRegression(L.LightningModule):
 
     @override
     def on_train_start(self) -> None:
-        if self.hparams.optimizer == "lbfgs" and self.trainer.num_training_batches != 1:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        updates = (
+            datamodule.updates_per_epoch
+            if isinstance(datamodule, TabularDataModule)
+            else self.trainer.num_training_batches
+        )
+        if self.hparams.optimizer == "lbfgs" and updates != 1:
             raise ValueError(
                 "optimizer 'lbfgs' needs the whole training split in one batch (batch_mode 'full'); "
-                f"got {self.trainer.num_training_batches} batches per epoch."
+                f"got {updates} batches per epoch."
             )
 
     @override
@@ -112,20 +124,27 @@ class LogisticRegression(L.LightningModule):
         self._rows = 0
 
     @override
-    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
-        loss, _ = self._shared_step(batch)
-        # Rows behind this loss; a DDP rank's loss is a 1/world_size share of its global batch's mean.
-        rows = len(batch[1]) if len(batch) == 2 else batch[2] / self.trainer.world_size
-        self._loss_sum.add_(loss.detach(), alpha=rows)
-        self._rows += rows
-        # self.log costs more than a small update; call it only on the steps the logger writes.
-        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
-            # sync_dist averages the ranks' shares into the global batch loss (a no-op on one process)
-            self.log("train/loss", loss, prog_bar=True, sync_dist=True)
-        if self.hparams.weight_decay:
-            # The bias is not penalised (nor by scikit-learn): shrinking it would pull the base rate towards 1/2.
-            loss = loss + self.hparams.weight_decay / 2 * self.linear.weight.square().sum()
-        return loss
+    def training_step(self, batch: tuple[Any, ...], batch_idx: int) -> dict[str, torch.Tensor]:
+        # A group of update batches; a plain (x, y) batch, as any DataLoader gives, is a group of one.
+        group = (batch,) if isinstance(batch[0], torch.Tensor) else batch
+        optimizer = self.optimizers()
+        losses, written = [], []  # every update's loss; (step, loss) of those the logger writes
+        for update in group:
+            if 0 <= self.trainer.max_steps <= self.global_step:  # max_steps counts updates, not groups
+                break
+            step = self.global_step  # 0-based index of this update
+            loss = self._update(optimizer, update)
+            losses.append(loss)
+            # Rows behind this loss; a DDP rank's loss is a 1/world_size share of its global batch's mean.
+            rows = len(update[1]) if len(update) == 2 else update[2] / self.trainer.world_size
+            self._loss_sum.add_(loss, alpha=rows)
+            self._rows += rows
+            if (step + 1) % self.trainer.log_every_n_steps == 0:  # the updates Lightning's logger would write
+                written.append((step, loss))
+        if written:
+            self._write_losses(written)
+        # (K,) the updates' losses, for callbacks' on_train_batch_end, e.g. StopOnNonFiniteLoss
+        return {"losses": torch.stack(losses)}
 
     @override
     def on_train_epoch_end(self) -> None:
@@ -133,6 +152,7 @@ class LogisticRegression(L.LightningModule):
             self.train_loss.update(self._loss_sum / self._rows, weight=self._rows)
             # Logging the metric object lets Lightning compute (synced across DDP ranks) and reset it.
             self.log("train/loss_epoch", self.train_loss)
+            self._log_update_axis()
 
     @override
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
@@ -162,13 +182,64 @@ class LogisticRegression(L.LightningModule):
         if hp.optimizer == "adam":
             return torch.optim.Adam(self.parameters(), lr=hp.lr)
         if hp.optimizer == "lbfgs":
-            # max_iter=1: one L-BFGS iteration and one closure call (so one training_step) per Lightning step;
-            # a larger max_iter or the line search would rerun training_step inside a step. The tolerances
-            # stop it where float32 gradients no longer resolve the optimum, so a converged model stays put.
+            # max_iter=1: one L-BFGS iteration and one loss evaluation (closure call) per weight update, as
+            # the other optimizers take; a larger max_iter or the line search would make one update of several
+            # iterations. The tolerances stop it where float32 gradients no longer resolve the optimum, so a
+            # converged model stays put.
             return torch.optim.LBFGS(
                 self.parameters(), lr=hp.lr, max_iter=1, history_size=10, tolerance_grad=1e-9, tolerance_change=1e-12
             )
         return torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum)
+
+    def _update(self, optimizer: torch.optim.Optimizer, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """One weight update on one batch; returns the batch's mean loss before the update (detached)."""
+        losses = []
+
+        def closure() -> torch.Tensor:  # L-BFGS evaluates the loss through it; SGD and Adam call it once
+            loss, _ = self._shared_step(batch)
+            losses.append(loss.detach())
+            if self.hparams.weight_decay:
+                # The bias is not penalised (nor by scikit-learn): shrinking it would pull the base rate towards 1/2.
+                loss = loss + self.hparams.weight_decay / 2 * self.linear.weight.square().sum()
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            return loss
+
+        optimizer.step(closure=closure)
+        return losses[0]
+
+    def _write_losses(self, written: list[tuple[int, torch.Tensor]]) -> None:
+        """Write the loss of each update u in ``written`` at step u, with one host-device wait.
+
+        Lightning would write step metrics at its count of batches, which are groups of updates here. Nothing
+        is written from the first non-finite loss on: a diverged run's curve ends there, and StopOnNonFiniteLoss
+        (a CLI default) stops the run after this batch, naming that update.
+        """
+        steps, losses = zip(*written, strict=True)
+        # DDP: average the ranks' shares into the global batch loss (a no-op on one process).
+        losses = self.trainer.strategy.reduce(torch.stack(losses), reduce_op="mean")
+        self.log("train/loss", losses[-1], prog_bar=True, logger=False)
+        if not self.trainer.is_global_zero:
+            return
+        for step, value in zip(steps, losses.tolist(), strict=True):
+            if not math.isfinite(value):
+                break
+            for logger in self.loggers:
+                logger.log_metrics({"train/loss": value, "epoch": self.current_epoch}, step=step)
+
+    def _log_update_axis(self) -> None:
+        """During fit, put the metrics logged in this hook at the step of the last weight update done.
+
+        Lightning writes epoch-level metrics at its count of training batches, and a batch is a group of
+        updates here; a logged ``step`` sets the x-axis step instead (see Lightning's
+        ``_LoggerConnector.log_metrics``), and then the ``epoch`` Lightning would add must be logged too.
+        Outside fit (``validate``, ``test``) they would show in the printed results, so they are left out;
+        there a fresh Trainer's step is 0, grouped or not. Float64: float32 would round steps beyond 2**24.
+        """
+        if self.trainer.state.fn != "fit":
+            return
+        for name, value in (("step", self.global_step - 1), ("epoch", self.current_epoch)):
+            self.log(name, torch.tensor(value, dtype=torch.float64), reduce_fx="max")
 
     def _shared_step(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         x, y, *global_rows = batch
@@ -191,3 +262,4 @@ class LogisticRegression(L.LightningModule):
     def _log_evaluation(self, stage: str, loss_metric: MeanMetric, scores: MetricCollection) -> None:
         self.log(f"{stage}/loss", loss_metric, prog_bar=stage == "val")
         self.log_dict(scores, prog_bar=stage == "val")
+        self._log_update_axis()
