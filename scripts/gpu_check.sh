@@ -10,18 +10,18 @@ shift
 mkdir -p "$out"
 status=0
 
-python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0), torch.__version__)" || exit 1
+python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0), torch.__version__)" || exit 1
 
-python -m pytest -q -p no:cacheprovider 2>&1 | tail -n 30 | tee "$out/pytest.log"
+python3 -m pytest -q -p no:cacheprovider 2>&1 | tail -n 30 | tee "$out/pytest.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 for config in full_batch per_example minibatch; do
     start=$SECONDS
-    python -m logreg fit --config "configs/$config.yaml" --trainer.default_root_dir "$out/runs" \
+    python3 -m logreg fit --config "configs/$config.yaml" --trainer.default_root_dir "$out/runs" \
         --trainer.enable_progress_bar false > "$out/fit_$config.log" 2>&1 || status=1
     echo "$config: $(grep -o 'GPU available: [A-Za-z]*, used: [A-Za-z]*' "$out/fit_$config.log") in $((SECONDS - start)) s"
 done
-python - "$out/runs" <<'PY' || status=1
+python3 - "$out/runs" <<'PY' || status=1
 import sys
 from pathlib import Path
 
@@ -35,6 +35,6 @@ for run in sorted(Path(sys.argv[1]).glob("*/version_*")):
     assert acc.value >= 0.97, run
 PY
 
-python scripts/benchmark.py --device cuda --json "$out/benchmark_cuda.json" "$@" 2>&1 | grep -v '^\(INFO\|GPU\|TPU\|LOCAL_RANK\)' | tail -n 12 | tee "$out/benchmark.log"
+python3 scripts/benchmark.py --device cuda --json "$out/benchmark_cuda.json" "$@" 2>&1 | grep -v '^\(INFO\|GPU\|TPU\|LOCAL_RANK\)' | tail -n 12 | tee "$out/benchmark.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 exit $status
