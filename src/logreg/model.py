@@ -76,6 +76,7 @@ class LogisticRegression(L.LightningModule):
         scores = MetricCollection({"acc": BinaryAccuracy(), "auroc": BinaryAUROC(), "f1": BinaryF1Score()})
         self.val_scores = scores.clone(prefix="val/")
         self.test_scores = scores.clone(prefix="test/")
+        self._grouped = False  # whether a batch held several updates, so Lightning's batch count is not the step
         # One Lightning batch holds several weight updates (Lightning's per-batch bookkeeping costs more than a
         # small update), so training_step steps the optimizer itself; global_step still counts every update.
         self.automatic_optimization = False
@@ -127,6 +128,7 @@ class LogisticRegression(L.LightningModule):
     def training_step(self, batch: tuple[Any, ...], batch_idx: int) -> dict[str, torch.Tensor]:
         # A group of update batches; a plain (x, y) batch, as any DataLoader gives, is a group of one.
         group = (batch,) if isinstance(batch[0], torch.Tensor) else batch
+        self._grouped |= len(group) > 1
         optimizer = self.optimizers()
         losses, written = [], []  # every update's loss; (step, loss) of those the logger writes
         for update in group:
@@ -150,8 +152,10 @@ class LogisticRegression(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         if self._rows:
             self.train_loss.update(self._loss_sum / self._rows, weight=self._rows)
-            # Logging the metric object lets Lightning compute (synced across DDP ranks) and reset it.
-            self.log("train/loss_epoch", self.train_loss)
+            # compute() gathers the ranks' sums under DDP, so every rank logs the same value. A tensor, not
+            # the metric object: Lightning moves a logged metric object to the device at each log, ~1 ms.
+            self.log("train/loss_epoch", self.train_loss.compute(), sync_dist=True)
+            self.train_loss.reset()
             self._log_update_axis()
 
     @override
@@ -236,7 +240,7 @@ class LogisticRegression(L.LightningModule):
         Outside fit (``validate``, ``test``) they would show in the printed results, so they are left out;
         there a fresh Trainer's step is 0, grouped or not. Float64: float32 would round steps beyond 2**24.
         """
-        if self.trainer.state.fn != "fit":
+        if self.trainer.state.fn != "fit" or not self._grouped:  # one update per batch: Lightning's step is right
             return
         for name, value in (("step", self.global_step - 1), ("epoch", self.current_epoch)):
             self.log(name, torch.tensor(value, dtype=torch.float64), reduce_fx="max")
