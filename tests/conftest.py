@@ -35,6 +35,14 @@ def csv_file(tmp_path: Path):
     return write
 
 
+@pytest.fixture(autouse=True)
+def cpu_unless_marked_gpu(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trainers built in tests run on the CPU, as in CI, even where a GPU is visible (Lightning reads
+    ``PL_TRAINER_*`` variables as Trainer defaults); tests marked ``gpu`` choose their device."""
+    if "gpu" not in request.keywords:
+        monkeypatch.setenv("PL_TRAINER_ACCELERATOR", "cpu")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip tests marked ``gpu`` where no CUDA device is visible (CI has none)."""
     if torch.cuda.is_available():
@@ -56,7 +64,11 @@ def separable_csv(path: Path, rows: int = 60, seed: int = 0, columns: str = "a,b
     return path
 
 
-QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+# CPU, as in CI, even where a GPU is visible; progress bars and summaries would only fill the output.
+QUIET = [
+    *("--trainer.accelerator", "cpu"),
+    *("--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"),
+]
 
 
 @pytest.fixture(scope="session")

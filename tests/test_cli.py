@@ -13,7 +13,11 @@ from logreg import LogisticRegression, TabularDataModule
 from logreg.cli import build_cli, main
 
 TINY = ["--data.dataset", "synthetic", "--data.synthetic_rows", "200", "--data.synthetic_features", "3"]
-QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+# CPU, as in CI, even where a GPU is visible; progress bars and summaries would only fill the output.
+QUIET = [
+    *("--trainer.accelerator", "cpu"),
+    *("--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"),
+]
 
 
 def fit(root: Path, *extra: str) -> None:

@@ -20,9 +20,8 @@ def train(accelerator: str, **data_args) -> tuple[LogisticRegression, TabularDat
 
 
 def test_accelerator_auto_trains_on_the_gpu_with_the_data_held_there():
-    model, dm, trainer = train("auto", batch_mode="minibatch", batch_size=32)
-    assert trainer.strategy.root_device.type == "cuda"
-    assert model.linear.weight.device.type == "cuda"
+    _, dm, trainer = train("auto", batch_mode="minibatch", batch_size=32)
+    assert trainer.strategy.root_device.type == "cuda"  # (the model itself is back on the CPU after fit)
     x_train, _ = dm.split("train")
     assert x_train.device.type == "cuda"
     # the batches served are already on the GPU (views of the held split): nothing is copied from the host per step

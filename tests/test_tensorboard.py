@@ -17,7 +17,11 @@ from conftest import scalars
 from logreg.cli import main
 
 TINY = ["--data.dataset", "synthetic", "--data.synthetic_rows", "200", "--data.synthetic_features", "3"]
-QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+# CPU, as in CI, even where a GPU is visible; progress bars and summaries would only fill the output.
+QUIET = [
+    *("--trainer.accelerator", "cpu"),
+    *("--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"),
+]
 STARTUP_S = 30  # bound on every wait for the server
 
 
