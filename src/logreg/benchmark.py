@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--features", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=256, help="minibatch size")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per path")
-    parser.add_argument("--epochs", type=int, default=2, help="timed epochs per run, after one warm-up epoch")
+    parser.add_argument("--epochs", type=int, default=1, help="timed epochs per run, after one warm-up epoch")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--no-memory", action="store_true", help="skip the full-batch peak memory measurement")
