@@ -29,8 +29,6 @@ from logreg.predict import PredictionWriter
 
 DEFAULT_LOG_DIR = "lightning_logs"
 PROGRESS_REFRESH_UPDATES = 50  # update the progress bar's count about every this many weight updates
-
-
 PREDICT_RUN_NAME = "predict"  # prediction runs get their own versions, apart from the training runs
 USER_ERRORS = (DataError, ConfigError, NonFiniteLossError)
 

@@ -25,6 +25,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from typing_extensions import override
 
+from logreg.callbacks import ProgressBar
 from logreg.data import TabularDataModule
 from logreg.datasets import DataError
 from logreg.model import LogisticRegression
@@ -189,7 +190,8 @@ def train_mode(
     trainer = L.Trainer(
         max_epochs=epochs,
         logger=logger,
-        callbacks=[trace],
+        # The project's bar: Lightning's default redraws at every update, which the seconds panel would count.
+        callbacks=[trace, ProgressBar()] if progress_bar else [trace],
         log_every_n_steps=1,
         enable_checkpointing=False,
         enable_progress_bar=progress_bar,
