@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -73,13 +74,45 @@ def make_synthetic(rows: int, features: int, noise: float, seed: int) -> Table:
     return Table(x, (logits > 0).float(), tuple(f"x{i}" for i in range(features)), "y")
 
 
+# Leading bytes of files that are not plain UTF-8 text, and what to tell the user about them.
+_NOT_TEXT = (
+    (b"\x1f\x8b", "is a gzip-compressed file; decompress it first (gunzip) and pass the .csv"),
+    (b"PK\x03\x04", "is a zip archive; extract the CSV file and pass that"),
+    (b"BZh", "is a bzip2-compressed file; decompress it first (bunzip2) and pass the .csv"),
+    (b"\xfd7zXZ\x00", "is an xz-compressed file; decompress it first (unxz) and pass the .csv"),
+    (b"\xff\xfe", "is UTF-16 text; save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)"),
+    (b"\xfe\xff", "is UTF-16 text; save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)"),
+)
+_SNIFF_BYTES = 4096
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # 3.4e38: a larger feature becomes inf in the model
+
+
+def check_text_file(path: Path) -> None:
+    """Raise DataError unless ``path`` looks like UTF-8 text: not compressed, not UTF-16, not binary.
+
+    Only the first bytes are read; a byte that is not UTF-8 further on is reported by :func:`read_csv`.
+    """
+    with path.open("rb") as f:
+        start = f.read(_SNIFF_BYTES)
+    for magic, message in _NOT_TEXT:
+        if start.startswith(magic):
+            raise DataError(f"{path}: {message}.")
+    if b"\x00" in start:  # UTF-16 without a byte-order mark, or a binary file: NUL never occurs in UTF-8 CSV text
+        raise DataError(f"{path}: holds NUL bytes, so it is UTF-16 text or a binary file, not a UTF-8 CSV file.")
+
+
 def read_header(path: str | Path) -> list[str]:
-    """The column names of a CSV file: its first row, stripped."""
+    """The column names of a CSV file: its first row, stripped, without a UTF-8 byte-order mark."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file.")
-    with path.open(newline="") as f:
-        header = next(csv.reader(f), None)
+    check_text_file(path)
+    try:
+        # utf-8-sig drops the byte-order mark some editors write, which would otherwise start the first name.
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            header = next(csv.reader(f), None)
+    except UnicodeDecodeError:
+        _raise_not_utf8(path)
     if not header or not any(name.strip() for name in header):
         raise DataError(f"{path}: the file is empty; expected a header row of column names.")
     header = [name.strip() for name in header]
@@ -171,10 +204,16 @@ def read_csv(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # numpy warns on a header-only file; the check below says it clearly
-            values = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float64, ndmin=2, encoding="utf-8")
-    except ValueError:
+            # quotechar: "-0.045" in quotes is valid CSV for the number -0.045.
+            values = np.loadtxt(
+                path, delimiter=",", quotechar='"', skiprows=1, dtype=np.float64, ndmin=2, encoding="utf-8-sig"
+            )
+    except UnicodeDecodeError:
+        _raise_not_utf8(path)
+    except ValueError as err:
         _raise_first_bad_cell(path, header, label)  # numpy's message lacks the column name: find the cell
-        raise
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(f"{path}: cannot be read as numeric CSV ({reason}).") from None
     if values.shape[0] == 0:
         raise DataError(f"{path}: has a header but no data rows.")
     if values.shape[1] != len(header):
@@ -210,17 +249,40 @@ def select_features(table: Table, source: str, feature_columns: Sequence[str] | 
 
 
 def _check_finite(path: Path, names: Sequence[str], features: np.ndarray) -> None:
+    """Features must be finite in float32, the model's precision: 1e39 would become inf there."""
     bad = ~np.isfinite(features)
     if bad.any():
         row, col = map(int, np.argwhere(bad)[0])
         raise DataError(
             f"{path}: column {names[col]!r} holds {features[row, col]} on line {row + 2}; features must be finite."
         )
+    too_large = np.abs(features) > FLOAT32_MAX
+    if too_large.any():
+        row, col = map(int, np.argwhere(too_large)[0])
+        raise DataError(
+            f"{path}: column {names[col]!r} holds {features[row, col]:g} on line {row + 2}, beyond float32's range "
+            f"(magnitude at most {FLOAT32_MAX:.3g}); rescale the column."
+        )
+
+
+def _raise_not_utf8(path: Path) -> NoReturn:
+    """Raise DataError naming the first line that is not UTF-8 (Latin-1 or Windows-1252 text, say)."""
+    with path.open("rb") as f:
+        for line, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                byte = raw[err.start]
+                raise DataError(
+                    f"{path}: is not UTF-8 text (byte 0x{byte:02x} on line {line}, as Latin-1 or Windows-1252 "
+                    "files have); save it as UTF-8 (e.g. iconv -f LATIN1 -t UTF-8)."
+                ) from None
+    raise DataError(f"{path}: is not UTF-8 text; save it as UTF-8.")
 
 
 def _raise_first_bad_cell(path: Path, header: list[str], label: int | None) -> None:
     """Scan the file row by row (slow, only after the fast parser failed) and raise on the first bad cell."""
-    with path.open(newline="", encoding="utf-8") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:
         rows = csv.reader(f)
         next(rows)
         for line, row in enumerate(rows, start=2):
@@ -232,8 +294,15 @@ def _raise_first_bad_cell(path: Path, header: list[str], label: int | None) -> N
                 )
             for col, cell in enumerate(row):
                 try:
+                    if "_" in cell:  # Python's float() reads 1_000, numpy and other CSV readers do not
+                        raise ValueError(cell)
                     float(cell)
                 except ValueError:
+                    if "_" in cell:
+                        raise DataError(
+                            f"{path}: column {header[col]!r} holds {cell.strip()!r} on line {line}; write numbers "
+                            "without digit separators (1000, not 1_000)."
+                        ) from None
                     if col == label:
                         raise DataError(
                             f"{path}: labels in column {header[col]!r} must be 0 or 1, found {cell.strip()!r} on line {line}."
