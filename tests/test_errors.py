@@ -1,5 +1,6 @@
 """Every mistake in the issue's catalogue ends, through the CLI, in one line naming what and where, exit != 0."""
 
+import gzip
 import hashlib
 import math
 import re
@@ -108,6 +109,62 @@ def test_bad_data_files(tmp_path, capsys, files, extra, message):
     assert code == 1
     assert line.startswith("error: ") and len(line.splitlines()) == 1
     assert re.search(message, line), line
+
+
+# (id, file bytes, expected message as a regex); the same file given to fit and to predict
+FILE_CASES = [
+    (
+        "latin-1",
+        "a,b,c,label\n1,2,3,0\n4,5,6é,1\n".encode("latin-1"),
+        r"d\.csv: is not UTF-8 text \(byte 0xe9 on line 3",
+    ),
+    ("utf-16", "a,b,c,label\n1,2,3,0\n".encode("utf-16"), r"d\.csv: is UTF-16 text; save it as UTF-8"),
+    ("gzip", gzip.compress(b"a,b,c,label\n1,2,3,0\n"), r"d\.csv: is a gzip-compressed file; decompress it first"),
+    ("digit-separator", b"a,b,c,label\n1,2,3,0\n1_000,2,3,1\n", r"d\.csv: column 'a' holds '1_000' on line 3;"),
+    (
+        "beyond-float32",
+        b"a,b,c,label\n1,2,3,0\n1,1e39,3,1\n",
+        r"d\.csv: column 'b' holds 1e\+39 on line 3, beyond float32",
+    ),
+]
+
+
+@pytest.mark.parametrize(("raw", "message"), [c[1:] for c in FILE_CASES], ids=[c[0] for c in FILE_CASES])
+@pytest.mark.parametrize("command", ["fit", "predict"])
+def test_files_that_are_not_numeric_utf8_csv(trained, tmp_path, capsys, raw, message, command):
+    (tmp_path / "d.csv").write_bytes(raw)
+    data = tmp_path / "d.csv"
+    args = (
+        fit_args(tmp_path, "--data.dataset", str(data))
+        if command == "fit"
+        else predict_args(trained["ckpt"], data, tmp_path)
+    )
+    code, line = run(args, capsys)
+    assert code == 1
+    assert re.search(message, line), line
+    if command == "predict":
+        assert not (tmp_path / "logs" / "predict" / "version_0" / "d.predictions.csv").exists()
+
+
+def test_predict_reads_quoted_numbers_and_a_byte_order_mark_like_plain_csv(trained, tmp_path):
+    x = torch.tensor([[0.5, -1.25, -3.0], [-0.045, 2.0, -2.5]])
+    plain, odd = tmp_path / "plain.csv", tmp_path / "odd.csv"
+    plain.write_text("a,b,c\n" + "".join(",".join(f"{v:g}" for v in row) + "\n" for row in x.tolist()))
+    odd.write_bytes(
+        b"\xef\xbb\xbf" + ("a,b,c\n" + "".join(",".join(f'"{v:g}"' for v in row) + "\n" for row in x.tolist())).encode()
+    )
+    for name in ("plain", "odd"):
+        main(
+            predict_args(
+                trained["ckpt"],
+                tmp_path / f"{name}.csv",
+                tmp_path,
+                "--prediction.output",
+                str(tmp_path / f"{name}.out"),
+            )
+        )
+    assert (tmp_path / "odd.out").read_text() == (tmp_path / "plain.out").read_text()
+    assert len((tmp_path / "odd.out").read_text().splitlines()) == 3
 
 
 ARGUMENT_CASES = [

@@ -136,3 +136,18 @@ def test_the_threshold_sets_the_predicted_class(trained, tmp_path):
     _, probs, preds = read_output(out)
     assert preds.tolist() == (probs >= cut).astype(int).tolist()
     assert 10 < preds.sum() < 50
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_before_any_file_is_written(trained, tmp_path):
+    diverged = torch.load(trained["ckpt"], weights_only=True)
+    diverged["state_dict"]["linear.weight"][0, 1] = float("nan")
+    torch.save(diverged, tmp_path / "diverged.ckpt")
+    with pytest.raises(SystemExit) as exit_info:
+        predict_with(
+            tmp_path / "diverged.ckpt", trained["data"], tmp_path, "--prediction.output", str(tmp_path / "p.csv")
+        )
+    assert exit_info.value.code == (
+        f"error: {tmp_path}/diverged.ckpt: its weights hold non-finite values (linear.weight has nan), so every "
+        "prediction would be nan; use a checkpoint saved before the values became non-finite, or retrain."
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["diverged.ckpt"]  # no output, no run directory

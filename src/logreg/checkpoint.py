@@ -62,15 +62,82 @@ def read_checkpoint(path: str | Path) -> SavedRun:
         raise DataError(
             f"{path}: not a logreg checkpoint; it lacks the model's hyperparameters or the data statistics."
         )
+    _check_finite(path, checkpoint.get("state_dict"), "weights")
+    _check_finite(path, data, "standardisation statistics")
     return SavedRun(path, int(hparams["num_features"]), data.get("feature_names"), data.get("label_name"))
 
 
+def _check_finite(path: Path, tensors: Any, what: str) -> None:
+    """A model whose weights hold NaN or inf predicts NaN for every row: refuse it, naming the tensor."""
+    if not isinstance(tensors, dict):
+        return
+    for name, value in tensors.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            bad = value[~torch.isfinite(value)].flatten()[0].item()
+            raise DataError(
+                f"{path}: its {what} hold non-finite values ({name} has {bad}), so every prediction would be "
+                "nan; use a checkpoint saved before the values became non-finite, or retrain."
+            )
+
+
+@dataclass(frozen=True)
+class LastRun:
+    """The ``last.ckpt`` that ``--ckpt_path last`` resumes from, and why that one.
+
+    Attributes:
+        path: The chosen ``last.ckpt``.
+        epoch: Its epoch (Lightning's ``current_epoch`` when it was saved).
+        global_step: Its weight updates so far.
+        candidates: How many runs' ``last.ckpt`` files were compared.
+        unreadable: Paths of candidates that could not be read (truncated by a crash, say), left out.
+    """
+
+    path: Path
+    epoch: int
+    global_step: int
+    candidates: int
+    unreadable: tuple[Path, ...] = ()
+
+    def describe(self) -> str:
+        """One line saying which file is resumed from, e.g. for the console."""
+        skipped = (
+            f"; skipped {len(self.unreadable)} unreadable: {', '.join(map(str, self.unreadable))}"
+            if self.unreadable
+            else ""
+        )
+        return (
+            f"--ckpt_path last: resuming from {self.path} (epoch {self.epoch}, step {self.global_step}), the most "
+            f"training progress among {self.candidates} run{'s' if self.candidates != 1 else ''}{skipped}."
+        )
+
+
 def find_last_checkpoint(runs: Path) -> Path:
-    """The ``last.ckpt`` of the highest-numbered ``runs/version_N`` that has one."""
-    found = sorted(runs.glob("version_*/checkpoints/last.ckpt"), key=lambda p: _version(p.parent.parent.name))
+    """The path of :func:`choose_last_checkpoint`'s choice."""
+    return choose_last_checkpoint(runs).path
+
+
+def choose_last_checkpoint(runs: Path) -> LastRun:
+    """The ``runs/version_N/checkpoints/last.ckpt`` with the most training progress.
+
+    Progress is the global step, then the epoch; of equal ones the newest file wins (then the highest
+    version). The newest run is not always the furthest one: a short finished run started after a long
+    killed one would otherwise be resumed, silently dropping the longer run's work.
+    """
+    found = []
+    unreadable = []
+    for path in runs.glob("version_*/checkpoints/last.ckpt"):
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            progress = (int(checkpoint["global_step"]), int(checkpoint["epoch"]))
+        except Exception:  # truncated or foreign: resuming from it would fail; the others may do
+            unreadable.append(path)
+            continue
+        found.append((*progress, path.stat().st_mtime_ns, _version(path.parent.parent.name), path))
     if not found:
-        raise DataError(f"--ckpt_path last: no last.ckpt under {runs}/version_*/checkpoints.")
-    return found[-1]
+        detail = f" ({len(unreadable)} unreadable)" if unreadable else ""
+        raise DataError(f"--ckpt_path last: no readable last.ckpt under {runs}/version_*/checkpoints{detail}.")
+    step, epoch, *_, path = max(found)
+    return LastRun(path, epoch, step, len(found) + len(unreadable), tuple(sorted(unreadable)))
 
 
 def _version(name: str) -> int:
