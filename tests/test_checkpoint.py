@@ -1,10 +1,17 @@
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 from jsonargparse import Namespace
 
-from logreg.checkpoint import choose_last_checkpoint, configure_columns, find_last_checkpoint, read_checkpoint
+from logreg.checkpoint import (
+    choose_last_checkpoint,
+    claim_version,
+    configure_columns,
+    find_last_checkpoint,
+    read_checkpoint,
+)
 from logreg.datasets import DataError
 
 
@@ -81,3 +88,16 @@ def test_a_checkpoint_with_non_finite_values_is_refused_naming_them(trained, tmp
         f"{tmp_path}/diverged.ckpt: its {what} hold non-finite values ({key} has {value}), so every prediction "
         "would be nan; use a checkpoint saved before the values became non-finite, or retrain."
     )
+
+
+def test_read_checkpoint_reports_the_training_progress(trained):
+    saved = read_checkpoint(trained["ckpt"])  # 5 full-batch epochs: one update each
+    assert (saved.epochs_done, saved.global_step) == (5, 5)
+
+
+def test_concurrent_claims_never_share_a_version(tmp_path):
+    (tmp_path / "version_3").mkdir()  # an earlier run; numbering continues above it
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        versions = list(pool.map(lambda _: claim_version(tmp_path), range(40)))
+    assert sorted(versions) == list(range(4, 44))
+    assert sorted(int(p.name.split("_")[1]) for p in tmp_path.iterdir()) == list(range(3, 44))

@@ -29,12 +29,17 @@ class SavedRun:
         feature_names: The training data's feature columns, in the model's order; None in checkpoints
             written before the names were saved.
         label_name: The training data's label column, if known.
+        epochs_done: Training epochs completed when it was saved (a run resumed from it with ``max_epochs``
+            at or below this has nothing left to train).
+        global_step: Weight updates done when it was saved.
     """
 
     path: Path
     num_features: int
     feature_names: list[str] | None
     label_name: str | None
+    epochs_done: int = 0
+    global_step: int = 0
 
 
 def read_checkpoint(path: str | Path) -> SavedRun:
@@ -64,7 +69,23 @@ def read_checkpoint(path: str | Path) -> SavedRun:
         )
     _check_finite(path, checkpoint.get("state_dict"), "weights")
     _check_finite(path, data, "standardisation statistics")
-    return SavedRun(path, int(hparams["num_features"]), data.get("feature_names"), data.get("label_name"))
+    return SavedRun(
+        path,
+        int(hparams["num_features"]),
+        data.get("feature_names"),
+        data.get("label_name"),
+        epochs_done=_epochs_done(checkpoint),
+        global_step=int(checkpoint.get("global_step", 0)),
+    )
+
+
+def _epochs_done(checkpoint: dict[str, Any]) -> int:
+    """Completed training epochs: the fit loop's count (Lightning's ``epoch`` key says the same for its
+    checkpoints, but the loop's state is what a resumed run continues from)."""
+    try:
+        return int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"])
+    except (KeyError, TypeError):
+        return int(checkpoint.get("epoch", 0))
 
 
 def _check_finite(path: Path, tensors: Any, what: str) -> None:
@@ -140,8 +161,30 @@ def choose_last_checkpoint(runs: Path) -> LastRun:
     return LastRun(path, epoch, step, len(found) + len(unreadable), tuple(sorted(unreadable)))
 
 
+def claim_version(runs: Path) -> int:
+    """Create ``runs/version_N`` for the next free N and return N; of concurrent callers, each gets its own.
+
+    ``os.mkdir`` fails when the directory exists, so two runs started at once cannot both take a number, as
+    they can when each lists the directory and picks one above the highest (which TensorBoardLogger does).
+
+    >>> import tempfile
+    >>> runs = Path(tempfile.mkdtemp())
+    >>> claim_version(runs), claim_version(runs)
+    (0, 1)
+    """
+    runs.mkdir(parents=True, exist_ok=True)
+    taken = [_version(p.name) for p in runs.iterdir() if p.name.startswith("version_")]
+    version = max(taken, default=-1) + 1
+    while True:
+        try:
+            (runs / f"version_{version}").mkdir()
+            return version
+        except FileExistsError:
+            version += 1
+
+
 def _version(name: str) -> int:
-    return int(re.sub(r"\D", "", name) or -1)
+    return int(re.sub(r"\D", "", name) or -1)  # version_12 -> 12
 
 
 def configure_columns(data: Any, saved: SavedRun) -> None:
