@@ -50,7 +50,7 @@ def test_of_equal_progress_the_newest_checkpoint_wins_then_the_highest_version(t
     assert find_last_checkpoint(tmp_path) == tmp_path / "version_2" / "checkpoints" / "last.ckpt"
     os.utime(tmp_path / "version_9" / "checkpoints" / "last.ckpt", (3_000, 3_000))
     assert find_last_checkpoint(tmp_path) == tmp_path / "version_9" / "checkpoints" / "last.ckpt"
-    with pytest.raises(DataError, match=r"no readable last\.ckpt under"):
+    with pytest.raises(DataError, match=r"no last\.ckpt under"):
         find_last_checkpoint(tmp_path / "empty")
 
 

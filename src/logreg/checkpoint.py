@@ -155,8 +155,12 @@ def choose_last_checkpoint(runs: Path) -> LastRun:
             continue
         found.append((*progress, path.stat().st_mtime_ns, _version(path.parent.parent.name), path))
     if not found:
-        detail = f" ({len(unreadable)} unreadable)" if unreadable else ""
-        raise DataError(f"--ckpt_path last: no readable last.ckpt under {runs}/version_*/checkpoints{detail}.")
+        if unreadable:
+            raise DataError(
+                f"--ckpt_path last: no readable last.ckpt under {runs}/version_*/checkpoints; "
+                f"{', '.join(map(str, sorted(unreadable)))} cannot be loaded."
+            )
+        raise DataError(f"--ckpt_path last: no last.ckpt under {runs}/version_*/checkpoints.")
     step, epoch, *_, path = max(found)
     return LastRun(path, epoch, step, len(found) + len(unreadable), tuple(sorted(unreadable)))
 
