@@ -58,11 +58,12 @@ class BinaryClassifier(L.LightningModule):
         if weight_decay < 0:
             raise ConfigError(f"weight_decay must be zero or positive; got {weight_decay}.")
         self.save_hyperparameters()
-        for name in ("optimizer", "lr_scheduler"):
-            if isinstance(self.hparams[name], type):  # given in Python: record it as the CLI would (plain data)
-                self.hparams[name] = {"class_path": f"{self.hparams[name].__module__}.{self.hparams[name].__name__}"}
-                # Lightning's load_from_checkpoint then rebuilds the classes through LightningCLI's parser.
-                self.hparams["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
+        # Classes given in Python are recorded as the CLI records them, as plain data, so that a checkpoint
+        # loads with torch.load(weights_only=True); load_from_checkpoint rebuilds them with the CLI's parser.
+        classes = {k: f"{v.__module__}.{v.__name__}" for k, v in self.hparams.items() if isinstance(v, type)}
+        if classes:
+            as_config = {k: {"class_path": path} for k, path in classes.items()}
+            self.save_hyperparameters({**as_config, "_instantiator": "lightning.pytorch.cli.instantiate_module"})
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         scores = MetricCollection({"acc": BinaryAccuracy(), "auroc": BinaryAUROC(), "f1": BinaryF1Score()})
