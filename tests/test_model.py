@@ -76,7 +76,7 @@ def test_one_sgd_step_matches_the_closed_form_gradient():
 
 
 def test_invalid_learning_rate_and_weight_decay_are_named():
-    with pytest.raises(ConfigError, match=r"lr must be positive; got -0\.1\."):
+    with pytest.raises(ConfigError, match=r"lr must be positive and at most 3\.4e\+38; got -0\.1\."):
         LogisticRegression(num_features=2, lr=-0.1)
     with pytest.raises(ConfigError, match=r"weight_decay must be zero or positive; got -1"):
         MLP(num_features=2, weight_decay=-1)

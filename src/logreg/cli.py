@@ -14,6 +14,7 @@ itself), never in a traceback; the exception types that carry such sentences are
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -131,17 +132,28 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> LogRegCLI:
     )
 
 
+def _causes(err: BaseException | None) -> Iterator[BaseException]:
+    """``err`` and the exceptions it was raised from."""
+    while err is not None:
+        yield err
+        err = err.__cause__ or err.__context__
+
+
 def main(args: list[str] | None = None) -> None:
     """Run the CLI on ``args`` (default: the command line), e.g. ``main(["fit", "--trainer.max_epochs", "5"])``."""
     try:
         build_cli(args)
-    except USER_ERRORS as err:
-        raise SystemExit(f"error: {err}") from None
     except ArgumentError as err:
         # jsonargparse spreads a message over indented lines; one line reads better and greps.
         message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
+    except Exception as err:
+        # jsonargparse wraps what a model's __init__ raises in its own ValueError; the user's mistake is the cause.
+        cause = next((e for e in _causes(err) if isinstance(e, USER_ERRORS)), None)
+        if cause is None:
+            raise
+        raise SystemExit(f"error: {cause}") from None
 
 
 if __name__ == "__main__":

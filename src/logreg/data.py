@@ -153,7 +153,7 @@ class TensorBatches:
             rows = min(self.batch_size, n - start)
             bounds.append((start + rank * rows // world, start + (rank + 1) * rows // world, rows))
         tensors = self.tensors
-        if order is not None:  # gather this rank's rows of the whole epoch once, then serve views
+        if order is not None and bounds:  # gather this rank's rows of the epoch's batches once, then serve views
             picked = torch.cat([order[first:end] for first, end, _ in bounds])
             tensors = tuple(t[picked.to(t.device)] for t in tensors)
             sizes = [end - first for first, end, _ in bounds]

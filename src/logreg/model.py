@@ -53,8 +53,8 @@ class BinaryClassifier(L.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__()
-        if not lr > 0:
-            raise ConfigError(f"lr must be positive; got {lr}.")
+        if not 0 < lr <= torch.finfo(torch.float32).max:  # a larger step overflows float32 weights at once
+            raise ConfigError(f"lr must be positive and at most {torch.finfo(torch.float32).max:.3g}; got {lr}.")
         if weight_decay < 0:
             raise ConfigError(f"weight_decay must be zero or positive; got {weight_decay}.")
         self.save_hyperparameters()
