@@ -42,13 +42,8 @@ class TensorBoardLogger(_TensorBoardLogger):
         super().log_hyperparams(params, metrics, step)  # hparams.yaml, and the tab when metrics are given
         if metrics is not None:
             return
-        # Lightning's bookkeeping entries start with "_"; of those, only the model's class says something.
-        params = _flatten_dict(_convert_params(params))
-        flat = {
-            ("model" if k == "_class_path" else k): v
-            for k, v in params.items()
-            if k in ("_class_path",) or not k.startswith("_")
-        }
+        # Lightning's own bookkeeping entries (the CLI's instantiator) start with "_" and say nothing about the run.
+        flat = {k: v for k, v in _flatten_dict(_convert_params(params)).items() if not k.startswith("_")}
         # Only the session start: with no experiment summary, TensorBoard builds one from all runs.
         _, session_start, _ = hparams_summary(self._sanitize_params(flat), {})
         self.experiment._get_file_writer().add_summary(session_start)
