@@ -123,8 +123,10 @@ class BinaryClassifier(L.LightningModule):
         optimizer = self.optimizer(self.parameters(), self.hparams.lr)
         if self.lr_scheduler is None:
             return optimizer
-        scheduler = {"scheduler": self.lr_scheduler(optimizer), "monitor": "val/loss"}  # monitor: ReduceLROnPlateau
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+        scheduler = self.lr_scheduler(optimizer)
+        # What ReduceLROnPlateau watches: val/loss, unless it names its own (Lightning's variant can)
+        monitor = getattr(scheduler, "monitor", "val/loss")
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": monitor}}
 
     def _shared_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         x, y, *global_rows = batch
