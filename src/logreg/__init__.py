@@ -8,7 +8,10 @@ from typing import Any
 # Imported on first use, so `logreg` (the command) starts without loading torch until it needs to, and
 # Ctrl+C while it loads ends without a traceback (see logreg.launch).
 _EXPORTS = {
-    "DataError": "logreg.datasets",
+    "MLP": "logreg.mlp",
+    "BinaryClassifier": "logreg.model",
+    "ConfigError": "logreg.errors",
+    "DataError": "logreg.errors",
     "LogisticRegression": "logreg.model",
     "TabularDataModule": "logreg.data",
     "TensorBatches": "logreg.data",
