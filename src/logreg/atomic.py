@@ -23,9 +23,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from typing_extensions import override
 
-
-class WriteError(RuntimeError):
-    """A file could not be written (full disk, read-only directory, ...); earlier files are intact."""
+from logreg.errors import WriteError
 
 
 def write_error(path: Path, err: OSError, what: str = "file") -> WriteError:
