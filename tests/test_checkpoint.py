@@ -54,12 +54,13 @@ def test_of_equal_progress_the_newest_checkpoint_wins_then_the_highest_version(t
         find_last_checkpoint(tmp_path / "empty")
 
 
-def test_columns_come_from_the_checkpoint_and_the_label_only_when_not_given(trained):
+def test_the_data_configuration_points_at_the_checkpoint_for_its_columns(trained):
     saved = read_checkpoint(trained["ckpt"])
-    data = Namespace(feature_columns=None, label_column=None)
+    data = Namespace(feature_columns=None, label_column=None, columns_from=None)
     configure_columns(data, saved)
-    assert (data.feature_columns, data.label_column) == (["a", "b", "c"], "label")
-    data = Namespace(feature_columns=["a", "b", "c"], label_column="target")
+    # The names stay in the checkpoint, out of the parsed configuration; the data module reads them there.
+    assert (data.feature_columns, data.label_column, data.columns_from) == (None, None, str(trained["ckpt"]))
+    data = Namespace(feature_columns=["a", "b", "c"], label_column="target", columns_from=None)
     configure_columns(data, saved)
     assert data.label_column == "target"  # the label's name does not change the model
 
@@ -68,9 +69,9 @@ def test_a_checkpoint_without_column_names_leaves_the_columns_to_the_file(traine
     old = torch.load(trained["ckpt"], weights_only=True)
     del old["TabularDataModule"]["feature_names"]
     torch.save(old, tmp_path / "old.ckpt")
-    data = Namespace(feature_columns=None, label_column=None)
+    data = Namespace(feature_columns=None, label_column=None, columns_from=None)
     configure_columns(data, read_checkpoint(tmp_path / "old.ckpt"))
-    assert data.feature_columns is None
+    assert data.feature_columns is None and data.columns_from is None
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,11 @@ validation, prediction) a signal stops at once, and the CLI ends in one line wit
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -55,6 +58,22 @@ def install_handlers() -> None:
     _received.clear()
     for signum in SIGNALS:
         signal.signal(signum, _handle)
+
+
+@contextlib.contextmanager
+def handlers() -> Iterator[None]:
+    """:func:`install_handlers` for the duration of a ``with`` block, then the earlier handlers again (the CLI
+    may run inside a larger program, a test session say, whose own handling of Ctrl+C must come back)."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    earlier = {signum: signal.getsignal(signum) for signum in SIGNALS}
+    install_handlers()
+    try:
+        yield
+    finally:
+        for signum, handler in earlier.items():
+            signal.signal(signum, handler)
 
 
 def _handle(signum: int, frame: FrameType | None) -> None:
