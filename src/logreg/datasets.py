@@ -114,9 +114,11 @@ def read_header(path: str | Path) -> list[str]:
     if not header or not any(name.strip() for name in header):
         raise DataError(f"{path}: the file is empty; expected a header row of column names.")
     header = [name.strip() for name in header]
-    for i, name in enumerate(header):
-        if name in header[:i]:
+    seen: set[str] = set()
+    for name in header:
+        if name in seen:
             raise DataError(f"{path}: the header names column {name!r} twice; column names must be unique.")
+        seen.add(name)
     return header
 
 
@@ -153,11 +155,13 @@ def find_columns(
             raise DataError(f"{source}: needs at least one feature column besides the label column {header[label]!r}.")
         return [i for i in range(len(header)) if i != label], label
     expected = f"the model takes {len(feature_columns)} features: {', '.join(feature_columns)}"
+    position = {name: i for i, name in enumerate(header)}  # dict and set lookups: wide files have 10,000s
     for name in feature_columns:
-        if name not in header:
+        if name not in position:
             raise DataError(f"{source}: no column {name!r}; {expected}.")
-    features = [header.index(name) for name in feature_columns]
-    others = [i for i in range(len(header)) if i not in features]
+    features = [position[name] for name in feature_columns]
+    chosen = set(features)
+    others = [i for i in range(len(header)) if i not in chosen]
     if label_column is not None:
         label = header.index(label_column) if label_column in header else None
     else:
