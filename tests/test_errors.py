@@ -199,7 +199,113 @@ ARGUMENT_CASES = [
     ),
     ("lr-negative", ["--model.lr", "-0.1"], r"lr must be positive and at most 3\.4e\+38; got -0\.1\."),
     ("lr-overflowing-float32", ["--model.lr", "1e39"], r"lr must be positive and at most 3\.4e\+38; got 1e\+39\."),
+    (
+        "data-seed-beyond-64-bits",
+        ["--data.seed", "99999999999999999999"],
+        r"seed must lie between 0 and 4294967295; got 99999999999999999999\.",
+    ),
+    (
+        "label-column-for-banknote",
+        ["--data.label_column", "target"],
+        r"label_column names a column of a CSV file; the banknote data's label column is 'class', got 'target'\.",
+    ),
+    (
+        "optimizer-option-torch-refuses",
+        ["--model.optimizer.momentum", "-1"],
+        r"--model\.optimizer torch\.optim\.SGD refuses its options: Invalid momentum value: -1\.0 \(they are set as "
+        r"--model\.optimizer\.<option>; the learning rate is --model\.lr, 0\.1 here\)\.",
+    ),
 ]
+
+# Trainer flags Lightning would accept and then fail on with a traceback, or misread: exit 2, as the command line's.
+TRAINER_FLAG_CASES = [
+    (
+        "log-every-zero",
+        ["--trainer.log_every_n_steps", "0"],
+        r"--trainer\.log_every_n_steps must be 1 or more; got 0\.",
+    ),
+    (
+        "max-epochs-negative",
+        ["--trainer.max_epochs", "-5"],
+        r"--trainer\.max_epochs must be a positive number, or -1 for no limit; got -5\.",
+    ),
+    (
+        "devices-zero",
+        ["--trainer.devices", "0"],
+        r"--trainer\.devices must be a positive number of devices, -1 \(all of them\) or auto; got 0\.",
+    ),
+    (
+        "seed-negative",
+        ["--seed_everything", "-3"],
+        r"--seed_everything must lie between 0 and 4294967295, or be true for a random seed; got -3\.",
+    ),
+    pytest.param(
+        "gpu-without-one",
+        ["--trainer.accelerator", "gpu"],
+        r"--trainer\.accelerator gpu: this machine has no usable CUDA GPU .*; use --trainer\.accelerator cpu or auto\.",
+        marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU"),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "extra", "message"), TRAINER_FLAG_CASES, ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_trainer_flags_that_cannot_run_end_in_one_line_with_code_2(tmp_path, capsys, name, extra, message):
+    code, line = run(fit_args(tmp_path, *extra), capsys)
+    assert code == 2
+    assert re.search(message, line), line
+    assert not (tmp_path / "logs").exists()
+
+
+def test_a_validation_interval_longer_than_an_epoch(tmp_path, capsys):
+    code, line = run(fit_args(tmp_path, "--trainer.val_check_interval", "500"), capsys)
+    assert (code, line) == (
+        1,
+        "error: --trainer.val_check_interval 500 is more than the 26 training batches of an epoch; pass at most "
+        "that many, a fraction of an epoch such as 0.5, or add --trainer.check_val_every_n_epoch null to count "
+        "batches across epochs.",
+    )
+
+
+def test_rerunning_without_a_logger_into_the_same_directory_keeps_both_runs(tmp_path):
+    args = fit_args(tmp_path, "--data.batch_mode", "full", "--trainer.logger", "false", "--trainer.max_epochs", "1")
+    main(args)
+    first = fingerprint(tmp_path / "logs" / "full" / "version_0")
+    main(args)  # Lightning's SaveConfigCallback refused: config.yaml already existed
+    assert fingerprint(tmp_path / "logs" / "full" / "version_0") == first
+    assert {"config.yaml", "checkpoints/last.ckpt"} <= set(fingerprint(tmp_path / "logs" / "full" / "version_1"))
+
+
+@pytest.mark.parametrize("command", ["validate", "test"])
+def test_evaluating_needs_a_checkpoint(tmp_path, capsys, command):
+    code, line = run([command, *QUIET, "--trainer.default_root_dir", str(tmp_path / "logs")], capsys)
+    assert (code, line) == (
+        1,
+        f"error: {command} needs a trained model: pass --ckpt_path CHECKPOINT (or --ckpt_path last).",
+    )
+    assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("command", ["validate", "test"])
+def test_evaluating_a_checkpoint_writes_its_metrics_to_a_run_of_its_own(trained, tmp_path, command):
+    logs = tmp_path / "logs"
+    shutil.copytree(trained["root"] / "logs", logs)
+    args = [command, "--ckpt_path", "last", "--data.batch_mode", "full", "--data.dataset", str(trained["data"])]
+    main([*args, *QUIET, "--trainer.default_root_dir", str(logs)])
+    main([*args, *QUIET, "--trainer.default_root_dir", str(logs)])
+    runs = sorted((logs / command).iterdir())
+    assert [r.name for r in runs] == ["version_0", "version_1"]  # nothing else, no empty directory
+    stage = "val" if command == "validate" else "test"
+    trained_val_loss = scalars(logs / "full" / "version_0")["val/loss"][-1][1]  # after the last epoch
+    for run_dir in runs:
+        logged = scalars(run_dir)
+        assert {f"{stage}/{m}" for m in ("loss", "acc", "auroc", "f1")} <= logged.keys()
+        loss = logged[f"{stage}/loss"][0][1]
+        assert loss < math.log(2) - 0.1  # the trained weights, not the untrained zeros (loss ln 2)
+        if command == "validate":
+            assert loss == pytest.approx(trained_val_loss, abs=1e-6)  # last.ckpt's weights on the same split
+    assert sorted(p.name for p in (logs / "full").iterdir()) == ["version_0"]  # the training runs, untouched
 
 
 @pytest.mark.parametrize(("extra", "message"), [c[1:] for c in ARGUMENT_CASES], ids=[c[0] for c in ARGUMENT_CASES])
