@@ -127,7 +127,13 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> LogRegCLI:
         seed_everything_default=42,
         auto_configure_optimizers=False,  # the model takes its optimizer and scheduler as arguments
         # Default callbacks are added to any given with --trainer.callbacks.
-        trainer_defaults={"max_epochs": 20, "callbacks": [LastCheckpoint(), StopOnNonFiniteLoss()]},
+        trainer_defaults={
+            "max_epochs": 20,
+            "callbacks": [LastCheckpoint(), StopOnNonFiniteLoss()],
+            # The summary would list the metric objects beside a 5-parameter layer, and like every callback it is
+            # called at every step; --trainer.enable_model_summary true brings it back.
+            "enable_model_summary": False,
+        },
         parser_kwargs={"exit_on_error": False},  # parse errors are raised, and reported by main() as one line
     )
 
