@@ -260,6 +260,9 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> LogRegCLI:
             "max_epochs": 20,
             "callbacks": [LastCheckpoint(), StopOnNonFiniteLoss(), StopOnSignal()],
             "plugins": [AtomicCheckpointIO()],
+            # The summary would list the metric objects beside a 5-parameter layer, and like every callback it is
+            # called at every step; --trainer.enable_model_summary true brings it back.
+            "enable_model_summary": False,
         },
         parser_kwargs={"exit_on_error": False},  # parse errors are raised, and reported by main() as one line
     )

@@ -17,6 +17,9 @@ HARMLESS_WARNINGS = (
     # The model logs the epoch's training loss (train/loss_epoch) itself, so short epochs lose no training curve.
     r"The number of training batches \(\d+\) is smaller than the logging interval Trainer\(log_every_n_steps=\d+\)\. "
     r"Set a lower value for log_every_n_steps if you want to see logs for the training epoch\.",
+    # A resumed run writes a new version directory on purpose, so that nothing of the earlier run is overwritten.
+    r"The dirpath has changed from '.*' to '.*', therefore `best_model_score`, `kth_best_model_path`, "
+    r"`kth_value`, `last_model_path` and `best_k_models` won't be reloaded\. Only `best_model_path` will be reloaded\.",
 )
 HARMLESS_LOG_LINES = (
     # An advertisement for a cloud service, printed at every run.
