@@ -30,7 +30,6 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from typing_extensions import override
 
 from logreg import interrupt
-from logreg.atomic import AtomicCheckpointIO
 from logreg.callbacks import LastCheckpoint
 from logreg.checkpoint import SavedRun, choose_last_checkpoint, claim_version, configure_columns, read_checkpoint
 from logreg.data import ConfigError, TabularDataModule
@@ -60,6 +59,8 @@ class LogRegCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_features", "model.init_args.num_features", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # last.ckpt, to resume from: --last_checkpoint.every_seconds sets how much training a crash may lose.
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(PredictionWriter, "prediction")
         parser.set_defaults(
             {
@@ -121,14 +122,17 @@ class LogRegCLI(LightningCLI):
             # One run directory per batch mode (DIR/<mode>/version_N), so the modes overlay in TensorBoard;
             # predict, validate and test runs have their own. The directory is claimed here, atomically, so two
             # runs started at once never share it; without a logger it holds the config and the checkpoints.
-            name = config.data.batch_mode if self.subcommand == "fit" else self.subcommand
+            name = config.data.batch_mode if self.subcommand in (None, "fit") else self.subcommand
             if self.subcommand == "predict":
                 name = PREDICT_RUN_NAME
-            self._new_dirs = [d for d in (Path(root) / name, Path(root)) if not d.exists()]
-            version = claim_version(Path(root) / name)
-            self.run_dir = Path(root) / name / f"version_{version}"
+            version = None  # build_cli(run=False) runs nothing yet: the logger picks its version when first used
+            if self.subcommand is not None:
+                self._new_dirs = [d for d in (Path(root) / name, Path(root)) if not d.exists()]
+                version = claim_version(Path(root) / name)
+                self.run_dir = Path(root) / name / f"version_{version}"
             if logger is False:
-                config.trainer.default_root_dir = str(self.run_dir)
+                if self.run_dir is not None:
+                    config.trainer.default_root_dir = str(self.run_dir)
             else:
                 config.trainer.logger = Namespace(
                     class_path="logreg.loggers.TensorBoardLogger",
@@ -258,8 +262,8 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> LogRegCLI:
         # Checkpoints are written atomically (a temporary file, fsync, rename), and a signal saves last.ckpt.
         trainer_defaults={
             "max_epochs": 20,
-            "callbacks": [LastCheckpoint(), StopOnNonFiniteLoss(), StopOnSignal()],
-            "plugins": [AtomicCheckpointIO()],
+            "callbacks": [StopOnNonFiniteLoss(), StopOnSignal()],
+            "plugins": [{"class_path": "logreg.atomic.AtomicCheckpointIO"}],
             # The summary would list the metric objects beside a 5-parameter layer, and like every callback it is
             # called at every step; --trainer.enable_model_summary true brings it back.
             "enable_model_summary": False,

@@ -121,7 +121,7 @@ class StopOnSignal(Callback):
         if signum is None:
             return
         path = self.checkpoint_path(trainer)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # with the optimizer's state, to resume from
         self.saved = Path(path)
         if trainer.is_global_zero:
             print(
