@@ -78,3 +78,25 @@ def test_ctrl_c_during_start_up_ends_in_one_line_without_a_traceback(tmp_path):
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and errors[0].startswith("error: interrupted by SIGINT (Ctrl+C)"), err
+
+
+def test_after_sigkill_the_timed_last_ckpt_resumes_to_the_weights_of_an_unbroken_run(tmp_path):
+    from logreg.cli import main
+
+    epochs = ["--trainer.max_epochs", "4"]
+    main([*LONG_FIT, *epochs, "--trainer.default_root_dir", str(tmp_path / "unbroken")])
+    process = start(tmp_path, *LONG_FIT, *epochs, "--last_checkpoint.every_seconds", "0.2")
+    last = wait_for("logs/example/version_0/checkpoints/last.ckpt", tmp_path)  # the first timed save
+    time.sleep(0.5)
+    process.kill()  # SIGKILL: no handler runs, nothing is flushed
+    process.communicate(timeout=60)
+    saved = torch.load(last, weights_only=True)  # whole: written under another name, then renamed
+    assert 0 < saved["global_step"] < 4 * 600  # killed part-way through training
+    main([*LONG_FIT, *epochs, "--ckpt_path", "last", "--trainer.default_root_dir", str(tmp_path / "logs")])
+    resumed = torch.load(tmp_path / "logs" / "example" / "version_1" / "checkpoints" / "last.ckpt", weights_only=True)
+    unbroken = torch.load(
+        tmp_path / "unbroken" / "example" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True
+    )
+    assert resumed["global_step"] == unbroken["global_step"] == 4 * 600
+    for name, weights in unbroken["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][name], weights), name
