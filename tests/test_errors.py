@@ -316,6 +316,18 @@ def test_bad_arguments_fail_before_any_run_directory_is_made(tmp_path, capsys, e
     assert not (tmp_path / "logs").exists()
 
 
+def test_a_momentum_that_makes_the_loss_diverge_is_named_with_the_learning_rate(tmp_path, capsys):
+    args = ["--model.optimizer.momentum", "5", "--trainer.max_epochs", "10"]  # 5^t overflows float32 by t = 56
+    code, line = run(fit_args(tmp_path, *args), capsys)
+    assert code == 1
+    assert re.fullmatch(
+        r"error: training stopped: the loss became (nan|inf) at epoch \d+, step \d+ \(batch \d+ of the epoch\), "
+        r"under SGD with lr 0\.1, momentum 5; the updates grew without bound, which a smaller learning rate or "
+        r"momentum, or features on a smaller scale, prevent\.",
+        line,
+    ), line
+
+
 def test_a_learning_rate_that_makes_the_loss_infinite_stops_training_naming_epoch_and_step(tmp_path, capsys):
     data = ["--data.dataset", "synthetic", "--data.synthetic_rows", "200", "--data.synthetic_features", "3"]
     args = [*data, "--data.batch_mode", "minibatch", "--data.batch_size", "10", "--trainer.log_every_n_steps", "1"]
@@ -323,7 +335,8 @@ def test_a_learning_rate_that_makes_the_loss_infinite_stops_training_naming_epoc
     assert code == 1
     found = re.fullmatch(
         r"error: training stopped: the loss became inf at epoch 0, step (\d+) \(batch (\d+) of the epoch\), "
-        r"with learning rate 1e\+38; a smaller learning rate usually keeps it finite\.",
+        r"under SGD with lr 1e\+38, momentum 0; the updates grew without bound, which a smaller learning rate or "
+        r"momentum, or features on a smaller scale, prevent\.",
         line,
     )
     assert found, line
