@@ -1,4 +1,4 @@
-"""Real signals sent to real ``logreg fit`` processes: what a stopped run keeps, and how it ends."""
+"""Real ``logreg`` processes: signals (what a stopped run keeps, how it ends) and runs started at once."""
 
 import os
 import signal
@@ -100,3 +100,17 @@ def test_after_sigkill_the_timed_last_ckpt_resumes_to_the_weights_of_an_unbroken
     assert resumed["global_step"] == unbroken["global_step"] == 4 * 600
     for name, weights in unbroken["state_dict"].items():
         assert torch.equal(resumed["state_dict"][name], weights), name
+
+
+def test_fits_started_at_once_into_one_directory_never_share_a_run(tmp_path):
+    short = ["fit", *QUIET, "--data.batch_mode", "full", "--trainer.max_epochs", "3"]
+    processes = [start(tmp_path, *short) for _ in range(3)]
+    for process in processes:
+        returncode, err = finish(process)
+        assert returncode == 0, err
+    runs = sorted((tmp_path / "logs" / "full").iterdir())
+    assert [r.name for r in runs] == ["version_0", "version_1", "version_2"]
+    for run in runs:  # each run wrote its own files, none was overwritten by another's
+        assert len(list(run.glob("events.out.tfevents.*"))) == 1
+        assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+        assert (run / "config.yaml").is_file()
