@@ -124,7 +124,7 @@ def read_only_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
     chmod does the job for a normal user. Root (CI containers, this project's test machines) ignores
     permission bits, so there creating a file in the directory fails as the kernel would fail it for
-    anyone else: ``os.open(..., O_CREAT)`` raises PermissionError (EACCES).
+    anyone else: ``os.open(..., O_CREAT)`` and ``os.mkdir`` raise PermissionError (EACCES).
     """
     protected: list[Path] = []
 
@@ -133,14 +133,23 @@ def read_only_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         protected.append(directory.resolve())
         if os.geteuid() != 0 or len(protected) > 1:
             return
-        real = os.open
+        real_open, real_mkdir = os.open, os.mkdir
 
-        def guarded(path, flags, *args, **kwargs):
-            if flags & os.O_CREAT and Path(path).resolve().parent in protected:
+        def refuse(path) -> None:
+            if Path(path).resolve().parent in protected:
                 raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
-            return real(path, flags, *args, **kwargs)
 
-        monkeypatch.setattr(os, "open", guarded)
+        def guarded_open(path, flags, *args, **kwargs):
+            if flags & os.O_CREAT:
+                refuse(path)
+            return real_open(path, flags, *args, **kwargs)
+
+        def guarded_mkdir(path, *args, **kwargs):
+            refuse(path)
+            return real_mkdir(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", guarded_open)
+        monkeypatch.setattr(os, "mkdir", guarded_mkdir)
 
     yield protect
     for directory in protected:

@@ -545,3 +545,13 @@ def test_every_fit_writes_a_new_version_and_leaves_the_others(tmp_path):
     names = {name for name in before if "events" not in name}  # event file names carry a time stamp
     assert names <= fingerprint(tmp_path / "logs" / "full" / "version_1").keys()
     assert "checkpoints/last.ckpt" in names
+
+
+def test_a_read_only_log_directory_is_named_in_one_line_and_earlier_runs_kept(
+    earlier_run, tmp_path, capsys, read_only_dir
+):
+    before = fingerprint(earlier_run)
+    read_only_dir(earlier_run / "full")
+    code, line = run(fit_args(tmp_path, "--data.batch_mode", "full"), capsys)
+    assert (code, line) == (1, f"error: {earlier_run / 'full' / 'version_1'}: Permission denied.")
+    assert fingerprint(earlier_run) == before
