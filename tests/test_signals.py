@@ -69,15 +69,19 @@ def test_a_signal_during_training_saves_last_ckpt_names_it_and_exits_with_its_co
     )
 
 
-def test_ctrl_c_during_start_up_ends_in_one_line_without_a_traceback(tmp_path):
+@pytest.mark.parametrize(
+    ("signum", "code", "name"), [(signal.SIGINT, 130, "SIGINT (Ctrl+C)"), (signal.SIGTERM, 143, "SIGTERM")]
+)
+def test_a_signal_during_start_up_ends_in_one_line_without_a_traceback(tmp_path, signum, code, name):
     process = start(tmp_path, *LONG_FIT, "--trainer.max_epochs", "100")
     time.sleep(0.3)  # importing torch and Lightning: the first seconds of any run
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     returncode, err = finish(process)
-    assert returncode == 130
+    assert returncode == code
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and errors[0].startswith("error: interrupted by SIGINT (Ctrl+C)"), err
+    assert len(errors) == 1 and errors[0].startswith(f"error: stopped by {name} "), err
+    assert not list(tmp_path.glob("logs/*/version_*/checkpoints"))
 
 
 def test_after_sigkill_the_timed_last_ckpt_resumes_to_the_weights_of_an_unbroken_run(tmp_path):

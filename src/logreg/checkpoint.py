@@ -119,15 +119,15 @@ class LastRun:
     candidates: int
     unreadable: tuple[Path, ...] = ()
 
-    def describe(self) -> str:
-        """One line saying which file is resumed from, e.g. for the console."""
+    def describe(self, use: str = "resuming from") -> str:
+        """One line saying which file is used (resumed from, evaluated, ...), for the console."""
         skipped = (
             f"; skipped {len(self.unreadable)} unreadable: {', '.join(map(str, self.unreadable))}"
             if self.unreadable
             else ""
         )
         return (
-            f"--ckpt_path last: resuming from {self.path} (epoch {self.epoch}, step {self.global_step}), the most "
+            f"--ckpt_path last: {use} {self.path} (epoch {self.epoch}, step {self.global_step}), the most "
             f"training progress among {self.candidates} run{'s' if self.candidates != 1 else ''}{skipped}."
         )
 

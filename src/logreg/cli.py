@@ -93,7 +93,7 @@ class LogRegCLI(LightningCLI):
             # The newest earlier run of this batch mode; the new run writes a new version, so nothing is overwritten.
             runs = Path(root) / config.data.batch_mode if logger in (None, True, False) else _logger_root(logger)
             last = choose_last_checkpoint(runs)
-            print(last.describe(), file=sys.stderr)
+            print(last.describe("resuming from" if subcommand == "fit" else "using"), file=sys.stderr)
             config.ckpt_path = str(last.path)
         self.saved = read_checkpoint(config.ckpt_path)
 
