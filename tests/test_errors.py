@@ -239,6 +239,11 @@ TRAINER_FLAG_CASES = [
         ["--seed_everything", "-3"],
         r"--seed_everything must lie between 0 and 4294967295, or be true for a random seed; got -3\.",
     ),
+    (
+        "unknown-strategy",
+        ["--trainer.strategy", "nonsense"],
+        r"--trainer: You selected an invalid strategy name: `strategy='nonsense'`\.",
+    ),
     pytest.param(
         "gpu-without-one",
         ["--trainer.accelerator", "gpu"],

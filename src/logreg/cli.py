@@ -184,6 +184,13 @@ class LogRegCLI(LightningCLI):
             raise
 
     @override
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except (ValueError, MisconfigurationException) as err:  # Lightning's verdict on the Trainer's flags
+            self.parser.error(f"--trainer: {_one_line(err)}")
+
+    @override
     def _run_subcommand(self, subcommand: str) -> None:
         try:
             super()._run_subcommand(subcommand)
