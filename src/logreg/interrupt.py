@@ -55,7 +55,9 @@ def received() -> int | None:
 def install_handlers() -> None:
     """Catch SIGINT and SIGTERM from now on: they stop training at a batch end (see module doc) or, outside
     training, raise KeyboardInterrupt where the process is, for the CLI to end in one line."""
+    global _graceful
     _received.clear()
+    _graceful = False
     for signum in SIGNALS:
         signal.signal(signum, _handle)
 
@@ -109,6 +111,11 @@ class StopOnSignal(Callback):
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         global _graceful
         _graceful = False
+
+    @override
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        global _graceful
+        _graceful = False  # a failed run may skip teardown; a later signal must not wait for a batch end
 
     @override
     def on_train_batch_end(
