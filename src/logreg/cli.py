@@ -90,7 +90,7 @@ class LogRegCLI(LightningCLI):
         if config.ckpt_path == "last":
             root = config.trainer.default_root_dir or DEFAULT_LOG_DIR
             logger = config.trainer.logger
-            # The newest earlier run of this batch mode; the new run writes a new version, so nothing is overwritten.
+            # The furthest earlier run of this batch mode; the new run writes a new version, so nothing is overwritten.
             runs = Path(root) / config.data.batch_mode if logger in (None, True, False) else _logger_root(logger)
             last = choose_last_checkpoint(runs)
             print(last.describe("resuming from" if subcommand == "fit" else "using"), file=sys.stderr)
