@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,19 +181,50 @@ def read_csv(
         raise DataError(f"{path}: rows have {values.shape[1]} fields but the header names {len(header)} columns.")
     names = tuple(header[i] for i in features)
     x = values[:, features]  # (N, D) in the model's column order
-    _check_finite(path, names, x)
-    if label is None:
-        return Table(torch.from_numpy(x.astype(np.float32)), None, names)
-    labels = values[:, label]
+    labels = None if label is None else values[:, label]
+    check_values(path, names, None if label is None else header[label], x, labels, first_line=2)
+    x = torch.from_numpy(x.astype(np.float32))
+    if labels is None:
+        return Table(x, None, names)
+    return Table(x, torch.from_numpy(labels.astype(np.float32)), names, header[label])
+
+
+def check_values(
+    path: str | Path,
+    names: Sequence[str],
+    label_name: str | None,
+    features: np.ndarray,
+    labels: np.ndarray | None,
+    first_line: int = 2,
+    line_of: Callable[[int], int] | None = None,
+) -> None:
+    """Raise DataError on the first non-finite feature or non-0/1 label, naming its column and line.
+
+    Args:
+        path: The file, for the message.
+        names: The feature columns' names, in the order of ``features``' columns.
+        label_name: The label column's name (None: no labels).
+        features: Values of shape (N, D).
+        labels: Values of shape (N,), or None.
+        first_line: The file line of row 0 (2 below a header).
+        line_of: Returns the file line of row r when rows are not consecutive lines (blank lines between
+            them, or a piece of a large file); default ``first_line + r``.
+    """
+    line = line_of if line_of is not None else (lambda row: first_line + row)
+    bad = ~np.isfinite(features)
+    if bad.any():
+        row, col = map(int, np.argwhere(bad)[0])
+        raise DataError(
+            f"{path}: column {names[col]!r} holds {features[row, col]} on line {line(row)}; features must be finite."
+        )
+    if labels is None:
+        return
     bad = ~np.isin(labels, (0.0, 1.0))
     if bad.any():
         row = int(np.argmax(bad))
         raise DataError(
-            f"{path}: labels in column {header[label]!r} must be 0 or 1, found {labels[row]:g} on line {row + 2}."
+            f"{path}: labels in column {label_name!r} must be 0 or 1, found {labels[row]:g} on line {line(row)}."
         )
-    return Table(
-        torch.from_numpy(x.astype(np.float32)), torch.from_numpy(labels.astype(np.float32)), names, header[label]
-    )
 
 
 def select_features(table: Table, source: str, feature_columns: Sequence[str] | None) -> Table:
@@ -209,35 +240,35 @@ def select_features(table: Table, source: str, feature_columns: Sequence[str] | 
     return Table(table.x[:, features], table.y, tuple(feature_columns), table.label_name)
 
 
-def _check_finite(path: Path, names: Sequence[str], features: np.ndarray) -> None:
-    bad = ~np.isfinite(features)
-    if bad.any():
-        row, col = map(int, np.argwhere(bad)[0])
-        raise DataError(
-            f"{path}: column {names[col]!r} holds {features[row, col]} on line {row + 2}; features must be finite."
-        )
-
-
 def _raise_first_bad_cell(path: Path, header: list[str], label: int | None) -> None:
     """Scan the file row by row (slow, only after the fast parser failed) and raise on the first bad cell."""
     with path.open(newline="", encoding="utf-8") as f:
         rows = csv.reader(f)
         next(rows)
         for line, row in enumerate(rows, start=2):
-            if not row:
-                continue
-            if len(row) != len(header):
+            check_row(path, header, label, row, line)
+
+
+def check_row(path: str | Path, header: Sequence[str], label: int | None, row: Sequence[str], line: int) -> None:
+    """Raise DataError if one parsed CSV row has the wrong number of fields or a non-numeric cell.
+
+    >>> check_row("f.csv", ["a", "label"], 1, ["1.5", "yes"], line=7)
+    Traceback (most recent call last):
+    ...
+    logreg.datasets.DataError: f.csv: labels in column 'label' must be 0 or 1, found 'yes' on line 7.
+    """
+    if not row:
+        return
+    if len(row) != len(header):
+        raise DataError(f"{path}: line {line} has {len(row)} fields but the header names {len(header)} columns.")
+    for col, cell in enumerate(row):
+        try:
+            float(cell)
+        except ValueError:
+            if col == label:
                 raise DataError(
-                    f"{path}: line {line} has {len(row)} fields but the header names {len(header)} columns."
-                )
-            for col, cell in enumerate(row):
-                try:
-                    float(cell)
-                except ValueError:
-                    if col == label:
-                        raise DataError(
-                            f"{path}: labels in column {header[col]!r} must be 0 or 1, found {cell.strip()!r} on line {line}."
-                        ) from None
-                    raise DataError(
-                        f"{path}: column {header[col]!r} holds the non-numeric value {cell.strip()!r} on line {line}."
-                    ) from None
+                    f"{path}: labels in column {header[col]!r} must be 0 or 1, found {cell.strip()!r} on line {line}."
+                ) from None
+            raise DataError(
+                f"{path}: column {header[col]!r} holds the non-numeric value {cell.strip()!r} on line {line}."
+            ) from None
