@@ -4,8 +4,8 @@ A prepared split is a LitData dataset whose items are blocks of ``block_rows`` r
 arrays (features, then the label). ``StreamingBatches`` reads it with LitData's ``StreamingDataset`` and
 ``StreamingDataLoader``: LitData deals the blocks out to the DDP processes (and nodes), shuffles them per
 epoch from the seed, downloads and caches chunks when the data lives in object storage, and keeps its
-position for resuming. A LitData batch is a *window* of a few blocks concatenated (one ``np.concatenate``,
-no per-row collation); the window's rows are standardised with the training statistics and, when
+position for resuming. A *window* is a few blocks concatenated (one ``torch.cat``, no per-row collation);
+the window's rows are standardised with the training statistics and, when
 shuffling, permuted with a generator seeded by (seed, epoch, rank, window), then cut into batches.
 
 Three ways to cut, one per ``batch_mode``:
@@ -27,6 +27,7 @@ Trainer fetches one batch ahead, so the loader's own count would be one batch to
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -115,6 +116,19 @@ class PreparedData:
     def split_url(self, split: str) -> str:
         return f"{self.url}/{split}"
 
+    def load(self, split: str) -> torch.Tensor:
+        """Every row of a split in stored order, (rows, D + 1) float32, unstandardised: for small data and checks.
+
+        >>> import tempfile
+        >>> from logreg.prepare import prepare
+        >>> out = tempfile.mkdtemp() + "/prepared"
+        >>> data = PreparedData.read(prepare("banknote", out) and out)
+        >>> tuple(data.load("train").shape) == (data.rows["train"], 5)
+        True
+        """
+        dataset = import_litdata().StreamingDataset(self.split_url(split))
+        return torch.from_numpy(np.concatenate([dataset[i] for i in range(len(dataset))]))
+
 
 def _read_text(path: str) -> str:
     if not is_url(path):
@@ -127,9 +141,9 @@ def _read_text(path: str) -> str:
     raise OSError(f"reading {path}: only local directories and s3:// URLs are supported")
 
 
-def _concatenate(items: list[np.ndarray]) -> torch.Tensor:
-    """LitData's collate: a window of blocks, (rows, D + 1), in one copy."""
-    return torch.from_numpy(np.concatenate(items) if len(items) > 1 else items[0])
+def _first(items: list[np.ndarray]) -> np.ndarray:
+    """LitData's collate for batches of one block: the block as it is, (rows, D + 1), not a stacked copy."""
+    return items[0]
 
 
 @dataclass
@@ -198,8 +212,9 @@ class StreamingBatches:
         self.dataset = litdata.StreamingDataset(
             prepared.split_url(split), shuffle=shuffle, seed=seed, drop_last=False, item_shuffle_window="full"
         )
+        # One block per LitData batch, so LitData deals blocks (not windows) out evenly to the processes.
         self.loader = litdata.StreamingDataLoader(
-            self.dataset, batch_size=self.blocks_per_window, num_workers=num_workers, collate_fn=_concatenate
+            self.dataset, batch_size=1, num_workers=num_workers, collate_fn=_first
         )
         self.rank = self.dataset.distributed_env.global_rank
         self.world_size = self.dataset.distributed_env.world_size
@@ -218,10 +233,10 @@ class StreamingBatches:
         from litdata.utilities.env import _DistributedEnv
 
         self.dataset.set_epoch(epoch + 1)  # LitData counts epochs from 1
-        self.dataset.get_len(self.num_workers, self.blocks_per_window)  # builds its shuffler
+        self.dataset.get_len(self.num_workers, 1)  # builds its shuffler
         env = _DistributedEnv(self.world_size, 0, self.dataset.distributed_env.num_nodes)
         _, intervals = self.dataset.shuffler.get_chunks_and_intervals_per_workers(
-            env, max(self.num_workers, 1), self.blocks_per_window, epoch + 1
+            env, max(self.num_workers, 1), 1, epoch + 1
         )
         return [[(int(iv[1]), int(iv[2])) for iv in worker] for worker in intervals]
 
@@ -240,10 +255,8 @@ class StreamingBatches:
         ranks = [workers[r * per_rank : (r + 1) * per_rank] for r in range(self.world_size)]
         if not self.equal_counts:
             ranks = [ranks[self.rank]]
-        if self.batch_size is None:  # full: one batch per window; LitData's workers each end on a short window
-            return max(
-                sum(math.ceil(sum(b - a for a, b in w) / self.blocks_per_window) for w in rank) for rank in ranks
-            )
+        if self.batch_size is None:  # full: one batch per window
+            return max(math.ceil(sum(b - a for w in rank for a, b in w) / self.blocks_per_window) for rank in ranks)
         rows = [self._rows_of([r for w in rank for r in w]) for rank in ranks]
         if not self.equal_counts:
             return math.ceil(rows[0] / self.batch_size)
@@ -288,15 +301,13 @@ class StreamingBatches:
         self._windows.clear()
         self._yielded = served
         self._epoch_seen = epoch
-        windows = iter(self.loader)
+        items = iter(self.loader)
         while served < limit:
             # LitData's position before this window; None at the epoch's start, where a resume starts afresh
             state = self.loader.state_dict() if window > 0 else None
             self._windows.append(_Window(served, window, carry, state))
-            try:
-                rows = next(windows)  # (rows, D + 1)
-            except StopIteration:
-                rows = None
+            blocks = [torch.from_numpy(b) for b in itertools.islice(items, self.blocks_per_window)]
+            rows = torch.cat(blocks) if blocks else None  # (rows, D + 1)
             if self.batch_size is None:  # full batch: the window as it is, or an empty pad
                 rows = torch.zeros(0, width) if rows is None else rows
                 x, y = self._standardize(rows)
@@ -329,7 +340,7 @@ class StreamingBatches:
             if last_window:
                 break
         # finish LitData's epoch so its next iteration starts a new one
-        for _ in windows:
+        for _ in items:
             pass
 
     def _standardize(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
