@@ -275,14 +275,11 @@ def format_report(report: dict[str, Any]) -> str:
         lines += [
             "",
             f"logreg prepare on a {p['rows']:,} x {p['features']} CSV ({_gb(p['csv_bytes'])}):",
-            "| path | seconds | peak PSS (process tree) | peak RSS (main process) |",
-            "|---|---|---|---|",
+            "| path | seconds | peak PSS (process tree) | peak RSS (main process) | RSS after imports |",
+            "|---|---|---|---|---|",
         ]
         for name in ("prepare", "read_csv_in_memory"):
-            r = p[name]
-            lines.append(
-                f"| {name} | {r['seconds']:.1f} | {_gb(r['peak_tree_pss_bytes'])} | {_gb(r['peak_rss_bytes'])} |"
-            )
+            lines.append(_memory_row(name, p[name]))
     return "\n".join(lines)
 
 
