@@ -56,9 +56,9 @@ def test_full_batch_chunks_give_the_exact_mean_gradient(prepared):
     w = torch.tensor([0.3, -0.2, 0.5], requires_grad=True)
     chunks = list(loader)
     assert len(chunks) == len(loader) == -(-prepared.rows["train"] // 64)  # windows of 4 blocks of 16 rows
-    for x, y, scale in chunks:
-        # what the model does with Lightning's accumulation over P = len(chunks) batches: sum * scale / P
-        loss = F.binary_cross_entropy_with_logits(x @ w, y, reduction="sum") * scale / len(chunks)
+    for x, y, rows in chunks:
+        # what the model does with a row count (W / rows) and Lightning's accumulation over P batches (1 / P)
+        loss = F.binary_cross_entropy_with_logits(x @ w, y, reduction="sum") / rows / len(chunks)
         loss.backward()
     raw = prepared.load("train")
     reference = torch.tensor([0.3, -0.2, 0.5], requires_grad=True)
@@ -116,8 +116,8 @@ def _two_processes(rank: int, url: str, port: int, out: str) -> None:
     w = torch.tensor([0.3, -0.2, 0.5], requires_grad=True)
     full = batches(data, batch_size=None)
     chunks = list(full)
-    for x, y, scale in chunks:
-        (F.binary_cross_entropy_with_logits(x @ w, y, reduction="sum") * scale / len(chunks)).backward()
+    for x, y, rows in chunks:
+        (F.binary_cross_entropy_with_logits(x @ w, y, reduction="sum") * 2 / rows / len(chunks)).backward()
     torch.distributed.all_reduce(w.grad)
     w.grad /= 2
     rows_full = sum(len(y) for _, y, _ in chunks)

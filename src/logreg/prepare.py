@@ -33,7 +33,7 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,7 +104,7 @@ class Settings:
     source: Source
     work: Path
     features: list[int]
-    label: int
+    label: int | None
     seed: int
     val_fraction: float
     test_fraction: float
@@ -240,13 +240,62 @@ def _parse_csv_piece(settings: Settings, piece: Piece) -> tuple[np.ndarray, np.n
     return values, first + starts
 
 
-def _raise_first_bad_row(path: Path, header: list[str], label: int, text: str, offsets: np.ndarray) -> None:
+def _raise_first_bad_row(path: Path, header: list[str], label: int | None, text: str, offsets: np.ndarray) -> None:
     """Find the first row numpy could not parse and raise the reader's message for it, with its file line."""
     for i, row in enumerate(csv.reader(io.StringIO(text))):
         try:
             check_row(path, header, label, row, line=0)
         except DataError:
             check_row(path, header, label, row, line=_line_number(path, int(offsets[i])))
+
+
+def read_csv_in_pieces(
+    path: str | Path,
+    label_column: str | None = None,
+    feature_columns: Sequence[str] | None = None,
+    need_label: bool = True,
+    piece_bytes: int = PIECE_BYTES,
+) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """(features (n, D), labels (n,) or None) float32 of a CSV file, piece after piece, in file order.
+
+    The columns and checks are those of :func:`logreg.datasets.read_csv`, with the same messages; memory
+    holds one piece of about ``piece_bytes`` of text at a time, whatever the file's size.
+
+    >>> import tempfile, os
+    >>> with tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False) as f:
+    ...     _ = f.write("a,b,label\\n1,2,0\\n3,4,1\\n")
+    >>> [(x.tolist(), y.tolist()) for x, y in read_csv_in_pieces(f.name, piece_bytes=12)]
+    [([[1.0, 2.0]], [0.0]), ([[3.0, 4.0]], [1.0])]
+    >>> os.remove(f.name)
+    """
+    path = Path(path)
+    header = read_header(path)
+    features, label = find_columns(path, header, label_column, feature_columns)
+    if label is None and need_label:
+        name = repr(label_column) if label_column is not None else "besides the features"
+        raise DataError(f"{path}: no label column {name}; the columns are {', '.join(header)}.")
+    source = Source(str(path), files=(path,), header=tuple(header))
+    settings = Settings(source, Path("."), features, label, 0, 0.0, 0.0)
+    names = tuple(header[i] for i in features)
+    empty = True
+    for piece in make_pieces(source, piece_bytes):
+        values, offsets = _parse_csv_piece(settings, piece)
+        if not len(values):
+            continue
+        empty = False
+        x = values[:, features]
+        y = None if label is None else values[:, label]
+        check_values(
+            path,
+            names,
+            None if label is None else header[label],
+            x,
+            y,
+            line_of=lambda r, offsets=offsets: _line_number(path, int(offsets[r])),
+        )
+        yield x.astype(np.float32), None if y is None else y.astype(np.float32)
+    if empty:
+        raise DataError(f"{path}: has a header but no data rows.")
 
 
 def _synthetic_piece(settings: Settings, piece: Piece) -> tuple[np.ndarray, np.ndarray]:

@@ -15,10 +15,11 @@ Three ways to cut, one per ``batch_mode``:
   process yields the same number of batches, floor(rows of the smallest shard / batch_size), as DDP needs;
   the few rows beyond that are dropped for the epoch (a different few each epoch).
 - ``full``: one batch per window, no shuffle, every training row exactly once across processes, each batch
-  carrying ``loss_scale`` = W * P / N (W processes, P batches per process and epoch, N training rows). With
-  Lightning's gradient accumulation over the P batches (the Trainer divides each loss by P) and DDP's average
-  over W processes, sum-of-losses * loss_scale makes the one optimizer step per epoch use the exact mean
-  gradient over all N rows. Processes with fewer blocks pad with empty batches, so all take P.
+  ``(x, y, N / P)`` (P batches per process and epoch, N training rows). The model weights a batch that
+  carries a row count R as a DDP shard of a global batch: summed loss * W / R (W processes), here
+  summed loss * W * P / N. With Lightning's gradient accumulation over the P batches (the Trainer divides
+  each loss by P) and DDP's average over the W processes, the one optimizer step per epoch uses the exact
+  mean gradient over all N rows. Processes with fewer blocks pad with empty batches, so all take P.
 
 Resuming: ``state_dict`` holds LitData's loader state as of the start of the window that the last batch
 Lightning *processed* came from, the rows carried into it, and how many of its batches were served. The
@@ -262,11 +263,6 @@ class StreamingBatches:
             return math.ceil(rows[0] / self.batch_size)
         return min(rows) // self.batch_size
 
-    @property
-    def loss_scale(self) -> float:
-        """Full mode: W * P / N, the factor on a batch's summed loss (see the module's docstring)."""
-        return self.world_size * self.batches_per_epoch(0) / self.prepared.rows[self.split]
-
     def __len__(self) -> int:
         if self.world_size > 1 and self.shuffle:
             # The deal of blocks to processes changes every epoch, and with it the batch count; the Trainer
@@ -286,7 +282,8 @@ class StreamingBatches:
         if restored is not None and restored["epoch"] != epoch:
             restored = None  # saved at the end of an earlier epoch: this one starts afresh
         limit = self.batches_per_epoch(epoch)
-        scale = self.world_size * limit / self.prepared.rows[self.split] if self.batch_size is None else None
+        # full: each chunk's summed loss is weighted as a share of a global batch of N / P rows (see above)
+        global_rows = self.prepared.rows[self.split] / limit if self.batch_size is None else None
         width = len(self.prepared.feature_names) + 1
         if restored is not None:
             if restored["loader"] is not None:
@@ -313,7 +310,7 @@ class StreamingBatches:
                 x, y = self._standardize(rows)
                 served += 1
                 self._yielded = served
-                yield x, y, scale
+                yield x, y, global_rows
                 window += 1
                 continue
             if rows is None:
@@ -366,3 +363,54 @@ class StreamingBatches:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._restored = state or None
+
+
+class CsvBatches:
+    """Standardised batches of a CSV file read piece by piece in file order: prediction on a file of any size.
+
+    Columns are matched by name as :func:`logreg.datasets.read_csv` matches them, with its messages.
+
+    Args:
+        path: The CSV file.
+        mean: Standardisation mean, (D,), from the training statistics.
+        std: Standardisation standard deviation, (D,).
+        batch_size: Rows per batch (a piece's last batch may be shorter).
+        label_column: Name of the label column, if the file has one.
+        feature_columns: Names of the features, in the model's order.
+        need_label: Whether a missing label column is an error.
+
+    Example:
+        >>> import tempfile, os
+        >>> with tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False) as f:
+        ...     _ = f.write("b,a\\n2,1\\n4,3\\n6,5\\n")
+        >>> batches = CsvBatches(f.name, torch.zeros(2), torch.ones(2), 2, feature_columns=["a", "b"], need_label=False)
+        >>> [x.tolist() for (x,) in batches]
+        [[[1.0, 2.0], [3.0, 4.0]], [[5.0, 6.0]]]
+        >>> os.remove(f.name)
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        batch_size: int,
+        label_column: str | None = None,
+        feature_columns: list[str] | None = None,
+        need_label: bool = True,
+    ) -> None:
+        from logreg.datasets import find_columns, read_header
+
+        find_columns(path, read_header(path), label_column, feature_columns)  # a file that does not fit fails now
+        self.path, self.mean, self.std, self.batch_size = path, mean.float(), std.float(), batch_size
+        self.label_column, self.feature_columns, self.need_label = label_column, feature_columns, need_label
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        from logreg.prepare import read_csv_in_pieces
+
+        pieces = read_csv_in_pieces(self.path, self.label_column, self.feature_columns, self.need_label)
+        for x, y in pieces:
+            x = (torch.from_numpy(x) - self.mean).div_(self.std)  # (n, D)
+            for start in range(0, len(x), self.batch_size):
+                end = start + self.batch_size
+                yield (x[start:end],) if y is None else (x[start:end], torch.from_numpy(y[start:end]))
