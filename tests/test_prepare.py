@@ -139,3 +139,11 @@ def test_cli_writes_the_directory_and_reports_bad_options(tmp_path, capsys):
         main([str(tmp_path / "missing.csv"), str(tmp_path / "y")])
     assert "missing.csv: no such file, directory or pattern matching CSV files." in exit_info.value.code
     assert not Path(tmp_path / "y").exists()
+
+
+def test_logreg_prepare_is_a_command_of_the_cli(tmp_path, capsys):
+    from logreg.cli import main as logreg
+
+    logreg(["prepare", "banknote", str(tmp_path / "bn"), "--seed", "3"])
+    assert "Prepared 1,372 rows of 4 features from banknote" in capsys.readouterr().out
+    assert json.loads((tmp_path / "bn" / "logreg.json").read_text())["seed"] == 3

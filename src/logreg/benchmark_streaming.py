@@ -12,7 +12,9 @@ Three measurements (``python scripts/benchmark_streaming.py --rows N --json PATH
 
 Peak memory is the largest PSS (proportional set size: shared pages split among the processes sharing them)
 summed over the child and all its descendants (prepare's and LitData's workers), sampled every 50 ms from
-/proc, next to the child's own peak RSS. Only Linux has /proc; elsewhere only the child's RSS is reported.
+/proc, next to the child's own peak RSS and its RSS after the imports (about 0.6 GB for Python, torch and
+Lightning, whatever the data). Only Linux has /proc; elsewhere the PSS column reads 0. Each child runs torch
+on one thread (THREADS), so that timings on a shared machine measure the work, not threads waiting.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ FEATURES = 32
 THROUGHPUT_ROWS = 1_000_000
 PREPARE_ROWS, PREPARE_FEATURES = 2_000_000, 20
 MODES = ("full", "minibatch", "example")
+THREADS = 1  # torch threads per child: on a shared 2-core machine two threads contend and time noise, not work
 
 
 # -- the parent: run a case in a child, watch its memory --------------------------------------------------
@@ -72,6 +75,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     child = subprocess.Popen(
         [sys.executable, "-m", "logreg.benchmark_streaming", "--child", json.dumps(case)],
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
     peak = [0]
@@ -84,11 +88,11 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    out, _ = child.communicate()
+    out, err = child.communicate()
     done.set()
     watcher.join()
     if child.returncode != 0:
-        raise RuntimeError(f"benchmark case {case['kind']} failed with exit code {child.returncode}")
+        raise RuntimeError(f"benchmark case {case} failed with exit code {child.returncode}:\n{err[-3000:]}")
     report = json.loads(out.strip().splitlines()[-1])
     report.update(peak_tree_pss_bytes=peak[0], wall_s=time.perf_counter() - started)
     return report
@@ -137,10 +141,13 @@ def child(case: dict[str, Any]) -> None:
     ``baseline_rss_bytes`` is the memory after the imports, before any data: Python with torch and
     Lightning takes about half a GB by itself, whatever the data.
     """
+    import torch
+
     from logreg.cli import build_cli  # noqa: F401 -- every case imports what `logreg` imports
     from logreg.datasets import read_csv
     from logreg.prepare import prepare
 
+    torch.set_num_threads(THREADS)  # the cores are shared: more threads would wait on each other
     baseline = _rss_now()
     started = time.perf_counter()
     kind = case["kind"]
@@ -252,10 +259,7 @@ def format_report(report: dict[str, Any]) -> str:
             "|---|---|---|---|---|",
         ]
         for name in ("prepare", *MODES):
-            r = m[name]
-            lines.append(
-                f"| {name} | {r['seconds']:.1f} | {_gb(r['peak_tree_pss_bytes'])} | {_gb(r['peak_rss_bytes'])} |"
-            )
+            lines.append(_memory_row(name, m[name]))
     if "throughput" in report:
         t = report["throughput"]
         lines += [
@@ -301,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     with tempfile.TemporaryDirectory(dir=args.work) as scratch:
         work = Path(scratch)
-        report: dict[str, Any] = {"cpus": os.cpu_count()}
+        report: dict[str, Any] = {"cpus": os.cpu_count(), "torch_threads": THREADS}
         if "memory" not in args.skip:
             report["memory"] = measure_memory(args.rows, work, args.example_steps, epochs=1)
         if "throughput" not in args.skip:

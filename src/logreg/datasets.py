@@ -253,7 +253,7 @@ def check_row(path: str | Path, header: Sequence[str], label: int | None, row: S
     >>> check_row("f.csv", ["a", "label"], 1, ["1.5", "yes"], line=7)
     Traceback (most recent call last):
     ...
-    logreg.datasets.DataError: f.csv: labels in column 'label' must be 0 or 1, found 'yes' on line 7.
+    logreg.errors.DataError: f.csv: labels in column 'label' must be 0 or 1, found 'yes' on line 7.
     """
     if not row:
         return

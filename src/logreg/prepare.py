@@ -43,12 +43,12 @@ import numpy as np
 from logreg.datasets import (
     BANKNOTE_COLUMNS,
     BANKNOTE_PATH,
-    DataError,
     check_row,
     check_values,
     find_columns,
     read_header,
 )
+from logreg.errors import ConfigError, DataError
 from logreg.streaming import import_litdata
 
 METADATA = "logreg.json"
@@ -60,10 +60,6 @@ MAX_BLOCK_ROWS = 4096
 CHUNK_BYTES = 8 * 2**20  # LitData chunk file size to aim for: whole blocks, a few MB per file
 
 _MASK = (1 << 64) - 1
-
-
-class ConfigError(ValueError):
-    """An option value prepare cannot run with."""
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from logreg.datasets import DataError
+from logreg.errors import DataError
 
 LITDATA_REQUIREMENT = "litdata==0.2.76"
 METADATA = "logreg.json"
@@ -147,6 +147,24 @@ def _first(items: list[np.ndarray]) -> np.ndarray:
     return items[0]
 
 
+def _block_serializer() -> Any:
+    """LitData's numpy serializer, but reading a block as a view of the bytes LitData read, without a copy.
+
+    The view is read-only; ``StreamingBatches`` copies it once, into the window it assembles.
+    """
+    from litdata.constants import _NUMPY_DTYPES_MAPPING
+    from litdata.streaming.serializers import NumpySerializer
+
+    class BlockView(NumpySerializer):
+        def deserialize(self, data: bytes) -> np.ndarray:  # the layout of NumpySerializer.serialize
+            dtype = _NUMPY_DTYPES_MAPPING[int(np.frombuffer(data[0:4], np.uint32)[0])]
+            ndim = int(np.frombuffer(data[4:8], np.uint32)[0])
+            shape = tuple(int(d) for d in np.frombuffer(data[8 : 8 + 4 * ndim], np.uint32))
+            return np.frombuffer(data, dtype=dtype, offset=8 + 4 * ndim).reshape(shape)
+
+    return BlockView()
+
+
 @dataclass
 class _Window:
     """Where a window starts: enough to replay it exactly on resume."""
@@ -210,15 +228,20 @@ class StreamingBatches:
         self._epoch, self._processed = epoch, processed
         block = prepared.block_rows
         self.blocks_per_window = max(1, window_rows // block, math.ceil((batch_size or 1) / block))
-        self.dataset = litdata.StreamingDataset(
-            prepared.split_url(split), shuffle=shuffle, seed=seed, drop_last=False, item_shuffle_window="full"
+        self._dataset = litdata.StreamingDataset(
+            prepared.split_url(split),
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=False,
+            item_shuffle_window="full",
+            serializers={"numpy": _block_serializer()},
         )
         # One block per LitData batch, so LitData deals blocks (not windows) out evenly to the processes.
         self.loader = litdata.StreamingDataLoader(
-            self.dataset, batch_size=1, num_workers=num_workers, collate_fn=_first
+            self._dataset, batch_size=1, num_workers=num_workers, collate_fn=_first
         )
-        self.rank = self.dataset.distributed_env.global_rank
-        self.world_size = self.dataset.distributed_env.world_size
+        self.rank = self._dataset.distributed_env.global_rank
+        self.world_size = self._dataset.distributed_env.world_size
         self.num_workers = num_workers
         self.equal_counts = equal_counts and self.world_size > 1
         self._passes = 0
@@ -233,10 +256,10 @@ class StreamingBatches:
         """[(first item, end item), ...] of every LitData worker of every process, in this epoch's deal."""
         from litdata.utilities.env import _DistributedEnv
 
-        self.dataset.set_epoch(epoch + 1)  # LitData counts epochs from 1
-        self.dataset.get_len(self.num_workers, 1)  # builds its shuffler
-        env = _DistributedEnv(self.world_size, 0, self.dataset.distributed_env.num_nodes)
-        _, intervals = self.dataset.shuffler.get_chunks_and_intervals_per_workers(
+        self._dataset.set_epoch(epoch + 1)  # LitData counts epochs from 1
+        self._dataset.get_len(self.num_workers, 1)  # builds its shuffler
+        env = _DistributedEnv(self.world_size, 0, self._dataset.distributed_env.num_nodes)
+        _, intervals = self._dataset.shuffler.get_chunks_and_intervals_per_workers(
             env, max(self.num_workers, 1), 1, epoch + 1
         )
         return [[(int(iv[1]), int(iv[2])) for iv in worker] for worker in intervals]
@@ -303,14 +326,12 @@ class StreamingBatches:
             # LitData's position before this window; None at the epoch's start, where a resume starts afresh
             state = self.loader.state_dict() if window > 0 else None
             self._windows.append(_Window(served, window, carry, state))
-            blocks = [torch.from_numpy(b) for b in itertools.islice(items, self.blocks_per_window)]
-            rows = torch.cat(blocks) if blocks else None  # (rows, D + 1)
+            rows = self._window(itertools.islice(items, self.blocks_per_window), width)  # (rows, D + 1)
             if self.batch_size is None:  # full batch: the window as it is, or an empty pad
                 rows = torch.zeros(0, width) if rows is None else rows
-                x, y = self._standardize(rows)
                 served += 1
                 self._yielded = served
-                yield x, y, global_rows
+                yield rows[:, :-1], rows[:, -1], global_rows
                 window += 1
                 continue
             if rows is None:
@@ -320,7 +341,7 @@ class StreamingBatches:
                 gen = torch.Generator().manual_seed(int(seed) >> 1)
                 rows = rows[torch.randperm(len(rows), generator=gen)]
             buffer = torch.cat([carry, rows]) if len(carry) else rows
-            x, y = self._standardize(buffer)
+            x, y = buffer[:, :-1], buffer[:, -1]  # views: (n, D) and (n,)
             start = 0
             last_window = len(rows) == 0
             while served < limit and (len(buffer) - start >= self.batch_size or (last_window and start < len(buffer))):
@@ -340,9 +361,19 @@ class StreamingBatches:
         for _ in items:
             pass
 
-    def _standardize(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = (rows[:, :-1] - self.mean).div_(self.std)  # (n, D), a new tensor: the stored rows stay as read
-        return x, rows[:, -1].contiguous()
+    def _window(self, blocks: Iterator[np.ndarray], width: int) -> torch.Tensor | None:
+        """The next blocks copied into one new (rows, D + 1) array, standardised; None when there are none left."""
+        blocks = list(blocks)
+        if not blocks:
+            return None
+        window = np.empty((sum(len(b) for b in blocks), width), dtype=np.float32)
+        start = 0
+        for block in blocks:
+            window[start : start + len(block)] = block  # the one copy out of what LitData read
+            start += len(block)
+        rows = torch.from_numpy(window)
+        rows[:, :-1].sub_(self.mean).div_(self.std)  # in place: no second copy of the window
+        return rows
 
     # -- resuming ----------------------------------------------------------------------------------------
 
@@ -406,9 +437,11 @@ class CsvBatches:
         self.label_column, self.feature_columns, self.need_label = label_column, feature_columns, need_label
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        from logreg.prepare import read_csv_in_pieces
+        from logreg import prepare
 
-        pieces = read_csv_in_pieces(self.path, self.label_column, self.feature_columns, self.need_label)
+        pieces = prepare.read_csv_in_pieces(
+            self.path, self.label_column, self.feature_columns, self.need_label, prepare.PIECE_BYTES
+        )
         for x, y in pieces:
             x = (torch.from_numpy(x) - self.mean).div_(self.std)  # (n, D)
             for start in range(0, len(x), self.batch_size):
