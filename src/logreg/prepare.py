@@ -55,7 +55,7 @@ METADATA = "logreg.json"
 FORMAT = "logreg-prepared-1"
 SPLITS = ("train", "val", "test")
 PIECE_BYTES = 16 * 2**20  # text per piece of a CSV file: a worker's memory is a few times this
-SYNTHETIC_PIECE_ROWS = 500_000
+SYNTHETIC_PIECE_ROWS = 100_000  # 100,000 x D float64 per worker at a time
 MAX_BLOCK_ROWS = 4096
 CHUNK_BYTES = 8 * 2**20  # LitData chunk file size to aim for: whole blocks, a few MB per file
 

@@ -32,6 +32,7 @@ import itertools
 import json
 import math
 import os
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -224,6 +225,9 @@ class StreamingBatches:
         litdata = import_litdata()
         self.prepared, self.split = prepared, split
         self.mean, self.std = mean.float(), std.float()
+        # (x - mean) / std as x * scale + shift, in one pass; the two factors in float64, then float32
+        self._scale = (1 / std.double()).float()
+        self._shift = (-mean.double() / std.double()).float()
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self._epoch, self._processed = epoch, processed
         block = prepared.block_rows
@@ -362,18 +366,26 @@ class StreamingBatches:
             pass
 
     def _window(self, blocks: Iterator[np.ndarray], width: int) -> torch.Tensor | None:
-        """The next blocks copied into one new (rows, D + 1) array, standardised; None when there are none left."""
+        """The next blocks in one new (rows, D + 1) tensor, features standardised; None when none are left.
+
+        One pass over the data: each block (a read-only view of the bytes LitData read) is written into the
+        window as x * (1 / std) - mean / std by one fused ``addcmul``. The window's three passes (copy,
+        subtract, divide) made streamed full-batch epochs memory-bound at a third of in-memory speed.
+        """
         blocks = list(blocks)
         if not blocks:
             return None
-        window = np.empty((sum(len(b) for b in blocks), width), dtype=np.float32)
+        window = torch.empty(sum(len(b) for b in blocks), width)
         start = 0
-        for block in blocks:
-            window[start : start + len(block)] = block  # the one copy out of what LitData read
-            start += len(block)
-        rows = torch.from_numpy(window)
-        rows[:, :-1].sub_(self.mean).div_(self.std)  # in place: no second copy of the window
-        return rows
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")  # only read here
+            for block in blocks:
+                source = torch.from_numpy(block)
+                end = start + len(block)
+                torch.addcmul(self._shift, source[:, :-1], self._scale, out=window[start:end, :-1])
+                window[start:end, -1] = source[:, -1]
+                start = end
+        return window
 
     # -- resuming ----------------------------------------------------------------------------------------
 
