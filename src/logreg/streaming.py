@@ -4,9 +4,10 @@ A prepared split is a LitData dataset whose items are blocks of ``block_rows`` r
 arrays (features, then the label). ``StreamingBatches`` reads it with LitData's ``StreamingDataset`` and
 ``StreamingDataLoader``: LitData deals the blocks out to the DDP processes (and nodes), shuffles them per
 epoch from the seed, downloads and caches chunks when the data lives in object storage, and keeps its
-position for resuming. A *window* is a few blocks concatenated (one ``torch.cat``, no per-row collation);
-the window's rows are standardised with the training statistics and, when
-shuffling, permuted with a generator seeded by (seed, epoch, rank, window), then cut into batches.
+position for resuming. A *window* is a few blocks written into one tensor (``chunk_rows`` of the data
+module), standardised with the training statistics on the way in (one fused pass, no per-row collation),
+and, when shuffling, its rows permuted with a generator seeded by (seed, epoch, rank, window); then it is
+cut into batches.
 
 Three ways to cut, one per ``batch_mode``:
 
