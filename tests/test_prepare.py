@@ -136,6 +136,9 @@ def test_cli_writes_the_directory_and_reports_bad_options(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: logreg prepare: ") and err.count("\n") == 1
     with pytest.raises(SystemExit) as exit_info:
+        main(["banknote", "s3://bucket/prepared"])
+    assert exit_info.value.code.startswith("error: s3://bucket/prepared: OUT_DIR must be a local directory")
+    with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path / "missing.csv"), str(tmp_path / "y")])
     assert "missing.csv: no such file, directory or pattern matching CSV files." in exit_info.value.code
     assert not Path(tmp_path / "y").exists()

@@ -454,6 +454,11 @@ def prepare(
         raise ConfigError(f"block_rows must be a positive number of rows; got {block_rows}.")
     if num_workers is not None and num_workers < 1:
         raise ConfigError(f"num_workers must be a positive number of processes; got {num_workers}.")
+    if "://" in str(out_dir):
+        raise ConfigError(
+            f"{out_dir}: OUT_DIR must be a local directory; copy it to object storage afterwards "
+            "(e.g. aws s3 sync OUT_DIR s3://bucket/path), and train on the URL."
+        )
     out = Path(out_dir)
     _check_out_dir(out)
     src = resolve_source(source, synthetic_rows, synthetic_features, synthetic_noise)
