@@ -123,6 +123,7 @@ def test_last_checkpoint_holds_the_final_epoch_even_when_val_loss_got_worse(tmp_
 # DDP on CPU: 2 processes talking over gloo. 203 synthetic rows leave 121 training rows, odd, so the shards of a
 # global batch cannot be equal; validation (41 rows) is split 20 / 21.
 DDP_ROWS = ["--data.dataset", "synthetic", "--data.synthetic_rows", "203", "--data.synthetic_features", "3"]
+MLP = ["--model", "logreg.mlp.MLP", "--model.hidden", "4"]
 DDP_CPU = ["--config", "configs/ddp.yaml", "--trainer.accelerator", "cpu", "--trainer.devices", "2"]
 
 
@@ -149,8 +150,10 @@ def final_state(run: Path) -> tuple[dict, dict[str, list[tuple[int, float]]]]:
         # One example per process, 2 per update: ceil(121 / 2) = 61 updates, the last one's shard on rank 0
         # empty. Minibatch mode runs the same code with B rows per process (its sharding: test_data.py).
         (["--data.batch_mode", "example"], ["--data.batch_mode", "minibatch", "--data.batch_size", "2"], 61),
+        # another network: every parameter is used, so DDP needs no unused-parameter search
+        (["--data.batch_mode", "full", *MLP], ["--data.batch_mode", "full", *MLP], 1),
     ],
-    ids=["full", "example"],
+    ids=["full", "example", "mlp"],
 )
 def test_ddp_on_two_processes_trains_like_one_process_with_the_global_batch(
     tmp_path, mode_args, single_process_args, steps_per_epoch
@@ -180,10 +183,10 @@ def test_ddp_on_two_processes_trains_like_one_process_with_the_global_batch(
     (one_run,) = (tmp_path / "one").glob("*/version_0")
     (ddp, ddp_logged), (one, one_logged) = final_state(ddp_run), final_state(one_run)
     assert ddp["global_step"] == one["global_step"] == 3 * steps_per_epoch
+    assert ddp["state_dict"].keys() == one["state_dict"].keys()
     for name, value in one["state_dict"].items():
-        if name.startswith("linear."):
-            torch.testing.assert_close(ddp["state_dict"][name], value, rtol=0, atol=1e-5)
-    assert one["state_dict"]["linear.weight"].abs().max() > 0.1  # trained, not zeros
+        torch.testing.assert_close(ddp["state_dict"][name], value, rtol=0, atol=1e-5)
+    assert max(v.abs().max() for v in one["state_dict"].values()) > 0.1  # trained, not zeros
     # epoch metrics gathered from both ranks: the full training and validation sets
     for tag in ("train/loss_epoch", "val/loss", "val/acc", "val/auroc", "val/f1"):
         assert ddp_logged[tag][-1][1] == pytest.approx(one_logged[tag][-1][1], abs=1e-5), tag

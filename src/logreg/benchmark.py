@@ -29,6 +29,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -159,31 +160,10 @@ def time_hand_written(
     return seconds[1:]
 
 
-def time_bare(
-    x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, epochs: int, device: str, lr: float
+def _time_lightning(
+    model: L.LightningModule, batches: Any, epochs: int, device: str, **trainer_args: Any
 ) -> list[float]:
-    """Epoch seconds of bare Lightning: the same slices, no logger, callbacks (but the timer) or metrics."""
-    batches = TensorBatches(x, y, batch_size=batch_size, shuffle=shuffle)
-    timer = EpochTimer(_sync_for(device))
-    trainer = L.Trainer(
-        max_epochs=epochs + 1,
-        accelerator="gpu" if device == "cuda" else "cpu",
-        devices=1,
-        logger=False,
-        callbacks=[timer],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(BareLogisticRegression(x.shape[1], lr), train_dataloaders=batches)
-    return timer.seconds[1:]
-
-
-def time_naive(
-    x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, epochs: int, device: str, lr: float
-) -> list[float]:
-    """Epoch seconds of the naive template: a DataLoader over a TensorDataset in host memory."""
-    loader = DataLoader(TensorDataset(x.cpu(), y.cpu()), batch_size=batch_size, shuffle=shuffle)
+    """Epoch seconds of ``Trainer.fit`` of ``model`` on ``batches``, with the epoch timer as its callback."""
     timer = EpochTimer(_sync_for(device))
     with tempfile.TemporaryDirectory() as root:
         trainer = L.Trainer(
@@ -193,9 +173,27 @@ def time_naive(
             default_root_dir=root,
             callbacks=[timer],
             enable_model_summary=False,
+            **trainer_args,
         )
-        trainer.fit(NaiveLogisticRegression(x.shape[1], lr), train_dataloaders=loader)
+        trainer.fit(model, train_dataloaders=batches)
     return timer.seconds[1:]
+
+
+def time_bare(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, epochs: int, device: str, lr: float
+) -> list[float]:
+    """Epoch seconds of bare Lightning: the same slices, no logger, callbacks (but the timer) or metrics."""
+    batches = TensorBatches(x, y, batch_size=batch_size, shuffle=shuffle)
+    quiet = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
+    return _time_lightning(BareLogisticRegression(x.shape[1], lr), batches, epochs, device, **quiet)
+
+
+def time_naive(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, epochs: int, device: str, lr: float
+) -> list[float]:
+    """Epoch seconds of the naive template: a DataLoader over a TensorDataset in host memory, Lightning's defaults."""
+    loader = DataLoader(TensorDataset(x.cpu(), y.cpu()), batch_size=batch_size, shuffle=shuffle)
+    return _time_lightning(NaiveLogisticRegression(x.shape[1], lr), loader, epochs, device)
 
 
 PATHS = {"bare": time_bare, "hand": time_hand_written, "naive": time_naive}  # the baselines, besides project

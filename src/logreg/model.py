@@ -43,6 +43,10 @@ class BinaryClassifier(L.LightningModule):
             follow as ``--model.optimizer.momentum 0.9``. Called with the parameters and ``lr``.
         lr_scheduler: An optional learning-rate scheduler, stepped by Lightning every epoch;
             ``ReduceLROnPlateau`` watches ``val/loss``.
+
+    Example:
+        >>> BinaryClassifier(lr=0.5, optimizer=torch.optim.Adam).hparams.optimizer
+        {'class_path': 'torch.optim.adam.Adam'}
     """
 
     def __init__(
@@ -82,7 +86,7 @@ class BinaryClassifier(L.LightningModule):
         rows = batch[2] / self.trainer.world_size if len(batch) == 3 else len(batch[1])  # rows behind this loss
         if not hasattr(self, "_loss_sum"):  # resumed inside an epoch: Lightning skips on_train_epoch_start then
             self.on_train_epoch_start()
-        self._loss_sum += loss.detach() * rows
+        self._loss_sum.add_(loss.detach(), alpha=rows)
         self._rows += rows
         # Log only on the steps the logger writes (every log_every_n_steps): the same curve, but self.log on
         # every step would cost about as much as a small weight update.
