@@ -39,14 +39,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
 
-from logreg.errors import DataError
+from logreg.errors import ConfigError, DataError
 
 LITDATA_REQUIREMENT = "litdata==0.2.76"
+Split = Literal["train", "val", "test"]
 METADATA = "logreg.json"
 WINDOW_ROWS = 65_536  # rows per LitData batch: large enough that a window's overhead is small per row
 
@@ -211,7 +212,7 @@ class StreamingBatches:
     def __init__(
         self,
         prepared: PreparedData,
-        split: str,
+        split: Split,
         mean: torch.Tensor,
         std: torch.Tensor,
         batch_size: int | None,
@@ -223,6 +224,8 @@ class StreamingBatches:
         num_workers: int = 0,
         equal_counts: bool = True,
     ) -> None:
+        if split not in get_args(Split):
+            raise ConfigError(f"split must be one of {', '.join(map(repr, get_args(Split)))}; got {split!r}.")
         litdata = import_litdata()
         self.prepared, self.split = prepared, split
         self.mean, self.std = mean.float(), std.float()
