@@ -88,10 +88,14 @@ BAD_ROWS = [
     ("a,b,c,label\n", "1,2,3,0\n" * 300 + "1,2,3\n", "line 302 has 3 fields but the header names 4 columns"),
     ("a,b,c,label\n", "1,2,3,0\n" * 300 + "1,2,3,7\n", "labels in column 'label' must be 0 or 1, found 7 on line 302"),
     ("a,b,c,label\n", "1,2,3,0\n" * 300 + "1,inf,3,1\n", "column 'b' holds inf on line 302; features must be finite"),
+    ("a,b,c,label\n", "1,2,3,0\n" * 300 + "1,1_000,3,1\n", "'1_000' on line 302; write numbers without digit"),
+    ("a,b,c,label\n", "1,2,3,0\n" * 300 + "1,2,1e39,1\n", "holds 1e+39 on line 302, beyond float32's range"),
 ]
 
 
-@pytest.mark.parametrize(("header", "rows", "message"), BAD_ROWS, ids=["text", "fields", "label", "inf"])
+@pytest.mark.parametrize(
+    ("header", "rows", "message"), BAD_ROWS, ids=["text", "fields", "label", "inf", "separator", "float32"]
+)
 def test_a_bad_row_deep_in_a_large_file_is_named_as_the_in_memory_reader_names_it(tmp_path, header, rows, message):
     csv = tmp_path / "bad.csv"
     csv.write_text(header + rows)
@@ -102,6 +106,17 @@ def test_a_bad_row_deep_in_a_large_file_is_named_as_the_in_memory_reader_names_i
         prepare(str(csv), tmp_path / "out", num_workers=2, piece_bytes=512)  # the bad line is in piece 5
     assert str(streamed.value) == str(in_memory.value)
     assert not (tmp_path / "out").exists()  # nothing half-written is left
+
+
+def test_a_file_that_is_not_utf8_is_named_as_the_in_memory_reader_names_it(tmp_path):
+    csv = tmp_path / "latin1.csv"
+    csv.write_bytes(b"a,b,label\n" + b"1,2,0\n" * 300 + b"1,caf\xe9,1\n")
+    with pytest.raises(DataError) as in_memory:
+        read_csv(csv)
+    with pytest.raises(DataError) as streamed:
+        prepare(str(csv), tmp_path / "out", num_workers=2, piece_bytes=512)
+    assert "is not UTF-8 text (byte 0xe9 on line 302" in str(streamed.value)
+    assert str(streamed.value) == str(in_memory.value)
 
 
 def test_cli_refuses_a_non_empty_output_directory_in_one_line(tmp_path, capsys):

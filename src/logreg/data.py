@@ -43,7 +43,9 @@ import lightning as L
 import torch
 from typing_extensions import override
 
+from logreg.checkpoint import read_checkpoint
 from logreg.datasets import (
+    BANKNOTE_COLUMNS,
     BANKNOTE_PATH,
     Table,
     find_columns,
@@ -58,6 +60,8 @@ from logreg.errors import ConfigError, DataError
 from logreg.streaming import CsvBatches, PreparedData, StreamingBatches, is_prepared
 
 BatchMode = Literal["full", "example", "minibatch"]
+BUILTIN_LABELS = {"banknote": BANKNOTE_COLUMNS[-1], "synthetic": "y"}  # the label column of the built-in data
+MAX_SEED = 2**32 - 1  # the per-epoch shuffle seeds torch with seed * 1_000_003 + epoch, which must fit 64 bits
 
 
 def check_choice(name: str, value: object, choices: tuple) -> None:
@@ -188,6 +192,10 @@ class TabularDataModule(L.LightningDataModule):
         feature_columns: Names of the feature columns, in the model's input order; default every column but
             the label. Runs given ``--ckpt_path`` take them from the checkpoint, so prediction reads the
             columns the model was trained on, with or without the label column, in any column order.
+        columns_from: A checkpoint whose feature and label columns to take, as ``feature_columns`` and
+            ``label_column`` would give them. The CLI sets it from ``--ckpt_path``: a path keeps the names out of
+            the parsed configuration, which the argument parser copies per element (quadratic in the number
+            of columns: minutes for 10,000 of them).
         val_fraction: Fraction of rows held out for validation.
         test_fraction: Fraction of rows held out for testing.
         seed: Seed of the split, the per-epoch shuffle and the synthetic data.
@@ -214,6 +222,7 @@ class TabularDataModule(L.LightningDataModule):
         batch_size: int = 32,
         label_column: str | None = None,
         feature_columns: list[str] | None = None,
+        columns_from: str | None = None,
         val_fraction: float = 0.2,
         test_fraction: float = 0.2,
         seed: int = 42,
@@ -241,12 +250,23 @@ class TabularDataModule(L.LightningDataModule):
             )
         if feature_columns is not None and (not feature_columns or len(set(feature_columns)) < len(feature_columns)):
             raise ConfigError(f"feature_columns must name at least one column, each once; got {feature_columns}.")
+        if not 0 <= seed <= MAX_SEED:
+            raise ConfigError(f"seed must lie between 0 and {MAX_SEED}; got {seed}.")
+        builtin_label = BUILTIN_LABELS.get(dataset)
+        if builtin_label is not None and label_column not in (None, builtin_label):
+            raise ConfigError(
+                f"label_column names a column of a CSV file; the {dataset} data's label column is {builtin_label!r}, "
+                f"got {label_column!r}."
+            )
         self.save_hyperparameters()
         self.mean: torch.Tensor | None = None  # (D,), from the training split or a checkpoint
         self.std: torch.Tensor | None = None
         # The columns behind mean/std, saved with them, so a checkpoint says which columns its model reads.
         self.feature_names: list[str] | None = None
         self.label_name: str | None = None
+        if columns_from is not None:
+            saved = read_checkpoint(columns_from)
+            self.feature_names, self.label_name = saved.feature_names, saved.label_name
         self._raw: dict[str, tuple[torch.Tensor, ...]] = {}
         self._ready: dict[str, tuple[torch.Tensor, ...]] = {}
         self._prepared: PreparedData | None = None
@@ -264,10 +284,12 @@ class TabularDataModule(L.LightningDataModule):
         hp = self.hparams
         if self.prepared is not None:
             return len(self._prepared_features())
-        if hp.feature_columns is not None:
+        names = hp.feature_columns if hp.feature_columns is not None else self.feature_names
+        if names is not None:
             if hp.dataset not in ("banknote", "synthetic"):  # a file that does not fit fails here, before any run
-                find_columns(hp.dataset, read_header(hp.dataset), hp.label_column, hp.feature_columns)
-            return len(hp.feature_columns)
+                label = hp.label_column if hp.label_column is not None else self.label_name
+                find_columns(hp.dataset, read_header(hp.dataset), label, names)
+            return len(names)
         dataset = hp.dataset
         if dataset == "banknote":
             return len(read_header(BANKNOTE_PATH)) - 1

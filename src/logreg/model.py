@@ -73,6 +73,22 @@ class BinaryClassifier(L.LightningModule):
         scores = MetricCollection({"acc": BinaryAccuracy(), "auroc": BinaryAUROC(), "f1": BinaryF1Score()})
         self.val_scores, self.test_scores = scores.clone(prefix="val/"), scores.clone(prefix="test/")
         self.train_loss = MeanMetric()  # the epoch mean, fed once per epoch from the sums below
+        self._loss_sum, self._rows = torch.zeros(()), 0.0  # the epoch's summed training loss and its rows
+
+    @override
+    def on_train_start(self) -> None:
+        # Lightning resumes a checkpoint saved mid-epoch (the timed last.ckpt, a signal's) without calling
+        # on_train_epoch_start: the epoch's sums come from the checkpoint instead, and go to the device here.
+        self._loss_sum = self._loss_sum.to(self.device)
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["train_loss_sum"] = (self._loss_sum.detach().cpu(), self._rows)
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "train_loss_sum" in checkpoint:  # checkpoints from before it was saved restart the sum
+            self._loss_sum, self._rows = checkpoint["train_loss_sum"]
 
     @override
     def on_train_epoch_start(self) -> None:

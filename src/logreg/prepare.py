@@ -48,6 +48,9 @@ from logreg.datasets import (
     find_columns,
     read_header,
 )
+from logreg.datasets import (
+    _raise_not_utf8 as raise_not_utf8,
+)
 from logreg.errors import ConfigError, DataError
 from logreg.streaming import import_litdata
 
@@ -220,11 +223,15 @@ def _parse_csv_piece(settings: Settings, piece: Piece) -> tuple[np.ndarray, np.n
     newlines = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))
     starts = np.concatenate([[0], newlines + 1])
     starts = starts[starts < len(data)]
-    text = data.decode("utf-8")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise_not_utf8(path)  # the in-memory reader's message, naming the first such line
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            values = np.loadtxt(io.StringIO(text), delimiter=",", dtype=np.float64, ndmin=2)
+            # as the in-memory reader: "-0.045" in quotes is the number -0.045
+            values = np.loadtxt(io.StringIO(text), delimiter=",", quotechar='"', dtype=np.float64, ndmin=2)
     except ValueError:
         _raise_first_bad_row(path, header, settings.label, text, first + starts)
         raise
