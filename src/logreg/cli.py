@@ -1,4 +1,5 @@
-"""The command line: ``logreg fit | validate | test | predict``, configured by YAML through LightningCLI.
+"""The command line: ``logreg fit | validate | test | predict``, configured by YAML through LightningCLI,
+and ``logreg prepare`` (``logreg.prepare``), which converts a table for streaming.
 
 Config keys are the ``__init__`` arguments of the model, the data module and the Trainer. The model is
 any LightningModule that takes ``num_features`` (``--model logreg.mlp.MLP``; default
@@ -288,6 +289,12 @@ def _causes(err: BaseException | None) -> Iterator[BaseException]:
 
 def main(args: list[str] | None = None) -> None:
     """Run the CLI on ``args`` (default: the command line), e.g. ``main(["fit", "--trainer.max_epochs", "5"])``."""
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] == ["prepare"]:  # not a Trainer method: its own parser (logreg.prepare)
+        from logreg.prepare import main as prepare_main
+
+        prepare_main(argv[1:])
+        return
     with interrupt.handlers():
         try:
             build_cli(args)

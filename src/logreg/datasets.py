@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -222,19 +222,12 @@ def read_csv(
         raise DataError(f"{path}: rows have {values.shape[1]} fields but the header names {len(header)} columns.")
     names = tuple(header[i] for i in features)
     x = values[:, features]  # (N, D) in the model's column order
-    _check_finite(path, names, x)
-    if label is None:
-        return Table(torch.from_numpy(x.astype(np.float32)), None, names)
-    labels = values[:, label]
-    bad = ~np.isin(labels, (0.0, 1.0))
-    if bad.any():
-        row = int(np.argmax(bad))
-        raise DataError(
-            f"{path}: labels in column {header[label]!r} must be 0 or 1, found {labels[row]:g} on line {row + 2}."
-        )
-    return Table(
-        torch.from_numpy(x.astype(np.float32)), torch.from_numpy(labels.astype(np.float32)), names, header[label]
-    )
+    labels = None if label is None else values[:, label]
+    check_values(path, names, None if label is None else header[label], x, labels)
+    x = torch.from_numpy(x.astype(np.float32))
+    if labels is None:
+        return Table(x, None, names)
+    return Table(x, torch.from_numpy(labels.astype(np.float32)), names, header[label])
 
 
 def select_features(table: Table, source: str, feature_columns: Sequence[str] | None) -> Table:
@@ -250,20 +243,51 @@ def select_features(table: Table, source: str, feature_columns: Sequence[str] | 
     return Table(table.x[:, features], table.y, tuple(feature_columns), table.label_name)
 
 
-def _check_finite(path: Path, names: Sequence[str], features: np.ndarray) -> None:
-    """Features must be finite in float32, the model's precision: 1e39 would become inf there."""
+def check_values(
+    path: str | Path,
+    names: Sequence[str],
+    label_name: str | None,
+    features: np.ndarray,
+    labels: np.ndarray | None,
+    first_line: int = 2,
+    line_of: Callable[[int], int] | None = None,
+) -> None:
+    """Raise DataError on the first feature that is not finite in float32 or label that is not 0/1.
+
+    Float32 is the model's precision: 1e39 would become inf there. Shared by :func:`read_csv` and
+    ``logreg prepare``, so both name the same column and line.
+
+    Args:
+        path: The file, for the message.
+        names: The feature columns' names, in the order of ``features``' columns.
+        label_name: The label column's name (None: no labels).
+        features: Values of shape (N, D).
+        labels: Values of shape (N,), or None.
+        first_line: The file line of row 0 (2 below a header).
+        line_of: Returns the file line of row r when rows are not consecutive lines from ``first_line``
+            (a piece of a large file, blank lines between rows); default ``first_line + r``.
+    """
+    line = line_of if line_of is not None else (lambda row: first_line + row)
     bad = ~np.isfinite(features)
     if bad.any():
         row, col = map(int, np.argwhere(bad)[0])
         raise DataError(
-            f"{path}: column {names[col]!r} holds {features[row, col]} on line {row + 2}; features must be finite."
+            f"{path}: column {names[col]!r} holds {features[row, col]} on line {line(row)}; features must be finite."
         )
     too_large = np.abs(features) > FLOAT32_MAX
     if too_large.any():
         row, col = map(int, np.argwhere(too_large)[0])
         raise DataError(
-            f"{path}: column {names[col]!r} holds {features[row, col]:g} on line {row + 2}, beyond float32's range "
-            f"(magnitude at most {FLOAT32_MAX:.3g}); rescale the column."
+            f"{path}: column {names[col]!r} holds {features[row, col]:g} on line {line(row)}, beyond float32's "
+            f"range (magnitude at most {FLOAT32_MAX:.3g}); rescale the column."
+        )
+    if labels is None:
+        return
+    bad = ~np.isin(labels, (0.0, 1.0))
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise DataError(
+            f"{path}: labels in column {label_name!r} must be 0 or 1, found {labels[row]:g} on line {line(row)}."
         )
 
 
@@ -288,27 +312,36 @@ def _raise_first_bad_cell(path: Path, header: list[str], label: int | None) -> N
         rows = csv.reader(f)
         next(rows)
         for line, row in enumerate(rows, start=2):
-            if not row:
-                continue
-            if len(row) != len(header):
+            check_row(path, header, label, row, line)
+
+
+def check_row(path: str | Path, header: Sequence[str], label: int | None, row: Sequence[str], line: int) -> None:
+    """Raise DataError if one parsed CSV row has the wrong number of fields or a cell that is not a number.
+
+    >>> check_row("f.csv", ["a", "label"], 1, ["1.5", "yes"], line=7)
+    Traceback (most recent call last):
+    ...
+    logreg.errors.DataError: f.csv: labels in column 'label' must be 0 or 1, found 'yes' on line 7.
+    """
+    if not row:
+        return
+    if len(row) != len(header):
+        raise DataError(f"{path}: line {line} has {len(row)} fields but the header names {len(header)} columns.")
+    for col, cell in enumerate(row):
+        try:
+            if "_" in cell:  # Python's float() reads 1_000, numpy and other CSV readers do not
+                raise ValueError(cell)
+            float(cell)
+        except ValueError:
+            if "_" in cell:
                 raise DataError(
-                    f"{path}: line {line} has {len(row)} fields but the header names {len(header)} columns."
-                )
-            for col, cell in enumerate(row):
-                try:
-                    if "_" in cell:  # Python's float() reads 1_000, numpy and other CSV readers do not
-                        raise ValueError(cell)
-                    float(cell)
-                except ValueError:
-                    if "_" in cell:
-                        raise DataError(
-                            f"{path}: column {header[col]!r} holds {cell.strip()!r} on line {line}; write numbers "
-                            "without digit separators (1000, not 1_000)."
-                        ) from None
-                    if col == label:
-                        raise DataError(
-                            f"{path}: labels in column {header[col]!r} must be 0 or 1, found {cell.strip()!r} on line {line}."
-                        ) from None
-                    raise DataError(
-                        f"{path}: column {header[col]!r} holds the non-numeric value {cell.strip()!r} on line {line}."
-                    ) from None
+                    f"{path}: column {header[col]!r} holds {cell.strip()!r} on line {line}; write numbers "
+                    "without digit separators (1000, not 1_000)."
+                ) from None
+            if col == label:
+                raise DataError(
+                    f"{path}: labels in column {header[col]!r} must be 0 or 1, found {cell.strip()!r} on line {line}."
+                ) from None
+            raise DataError(
+                f"{path}: column {header[col]!r} holds the non-numeric value {cell.strip()!r} on line {line}."
+            ) from None

@@ -100,6 +100,8 @@ class BinaryClassifier(L.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss, _ = self._shared_step(batch)
         rows = batch[2] / self.trainer.world_size if len(batch) == 3 else len(batch[1])  # rows behind this loss
+        if not hasattr(self, "_loss_sum"):  # resumed inside an epoch: Lightning skips on_train_epoch_start then
+            self.on_train_epoch_start()
         self._loss_sum.add_(loss.detach(), alpha=rows)
         self._rows += rows
         # Log only on the steps the logger writes (every log_every_n_steps): the same curve, but self.log on
