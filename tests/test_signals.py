@@ -77,7 +77,7 @@ def test_a_signal_during_start_up_ends_in_one_line_without_a_traceback(tmp_path,
     time.sleep(0.3)  # importing torch and Lightning: the first seconds of any run
     process.send_signal(signum)
     returncode, err = finish(process)
-    assert returncode == code
+    assert returncode == code, err
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and errors[0].startswith(f"error: stopped by {name} "), err
