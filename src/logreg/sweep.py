@@ -1,0 +1,531 @@
+"""``logreg sweep``: an Optuna search over any ``logreg fit`` configuration, on one machine or many.
+
+Each trial is an ordinary ``logreg fit`` run, built in this process by ``build_cli`` from the fit config(s)
+and the trial's sampled values given as ``--KEY VALUE`` (so a space key is any config key), with its own
+TensorBoard run under ``OUT/runs/trial_NNNN``. Optuna's Lightning callback reports the monitored metric after
+each validation and prunes trials worse than the median of earlier ones at the same epoch.
+
+The study lives in a database: a SQLite file under ``OUT`` by default, or any URL Optuna accepts, so several
+processes or machines started on one study share its trials. A running trial sends a heartbeat; one whose
+process died is failed once its heartbeat is stale and re-queued with the same values, so a killed or
+interrupted sweep resumes when started again, its finished trials kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import math
+import os
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import optuna
+import yaml
+from jsonargparse import ArgumentParser
+from optuna.trial import TrialState
+from optuna_integration import PyTorchLightningPruningCallback
+from typing_extensions import override
+
+from logreg.data import ConfigError
+from logreg.datasets import DataError
+from logreg.divergence import NonFiniteLossError
+
+DEFAULT_METRIC = "val/loss"
+RUNS_DIR = "runs"  # OUT/runs/trial_NNNN/<batch_mode>/version_0: `tensorboard --logdir OUT/runs` compares all
+BEST_RUN_DIR = "best"  # where `logreg fit --config OUT/best.yaml` writes its rerun
+SQLITE_TIMEOUT_S = 60  # how long a SQLite writer waits for another process's lock before failing
+Kind = Literal["log_uniform", "uniform", "int", "choices"]
+KINDS: tuple[Kind, ...] = ("log_uniform", "uniform", "int", "choices")
+# Trials start quiet (no model summary per trial); a fit config may still turn it on.
+TRIAL_DEFAULTS = ["--trainer.enable_model_summary", "false"]
+LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")
+
+
+class TrialConfigError(Exception):
+    """A sampled combination of values the fit configuration rejects: that trial fails, the sweep goes on."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched config key: a range (``low``, ``high``) for the numeric kinds, or a list of choices.
+
+    Example:
+        >>> Param("model.lr", "log_uniform", (0.001, 10.0)).values_to_check()
+        (0.001, 10.0)
+    """
+
+    key: str
+    kind: Kind
+    values: tuple[Any, ...]
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        """The trial's value of this key, drawn by the study's sampler."""
+        if self.kind == "choices":
+            return trial.suggest_categorical(self.key, list(self.values))
+        if self.kind == "int":
+            return trial.suggest_int(self.key, *self.values)
+        return trial.suggest_float(self.key, *self.values, log=self.kind == "log_uniform")
+
+    def values_to_check(self) -> tuple[Any, ...]:
+        """The values checked against the fit configuration before any trial: both bounds, or every choice."""
+        return self.values
+
+
+@dataclass(frozen=True)
+class Space:
+    """A search space file: the keys to search and the metric to optimise.
+
+    ``params`` maps config keys to ``{log_uniform: [low, high]}``, ``{uniform: [low, high]}``,
+    ``{int: [low, high]}`` or ``{choices: [...]}``; ``minimize: TAG`` or ``maximize: TAG`` names the logged
+    metric (default ``minimize: val/loss``); ``pruner`` holds options of Optuna's ``MedianPruner``.
+
+    Example:
+        >>> space = Space.parse({"params": {"data.batch_size": {"choices": [8, 32]}}}, "space.yaml")
+        >>> space.metric, space.direction, space.params[0].values
+        ('val/loss', 'minimize', (8, 32))
+    """
+
+    params: tuple[Param, ...]
+    metric: str = DEFAULT_METRIC
+    direction: Literal["minimize", "maximize"] = "minimize"
+    pruner: tuple[tuple[str, int], ...] = ()
+
+    @classmethod
+    def read(cls, path: str | Path) -> Space:
+        """Read and check a space YAML file; mistakes raise one sentence naming the file and key."""
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{path}: no such file.")
+        try:
+            content = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(err).split())}).") from None
+        return cls.parse(content, path)
+
+    @classmethod
+    def parse(cls, content: Any, where: str | Path) -> Space:
+        """Check the content of a space file (``where`` names it in messages)."""
+        known = ("params", "minimize", "maximize", "pruner")
+        if not isinstance(content, dict) or not set(content) <= set(known):
+            raise ConfigError(f"{where}: must be a mapping with the keys {', '.join(known)}; got {content!r}.")
+        if "minimize" in content and "maximize" in content:
+            raise ConfigError(f"{where}: give either minimize or maximize, not both.")
+        direction = "maximize" if "maximize" in content else "minimize"
+        metric = content.get(direction, DEFAULT_METRIC)
+        if not isinstance(metric, str) or not metric:
+            raise ConfigError(f"{where}: {direction} must name a logged metric such as val/loss; got {metric!r}.")
+        params = content.get("params")
+        if not isinstance(params, dict) or not params:
+            raise ConfigError(f"{where}: params must map at least one config key to its range or choices.")
+        pruner = content.get("pruner") or {}
+        options = ("n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials")
+        if not isinstance(pruner, dict) or not all(k in options and isinstance(v, int) for k, v in pruner.items()):
+            raise ConfigError(f"{where}: pruner takes integer options among {', '.join(options)}; got {pruner!r}.")
+        return cls(tuple(_param(str(k), v, where) for k, v in params.items()), metric, direction, tuple(pruner.items()))
+
+
+def _param(key: str, spec: Any, where: str | Path) -> Param:
+    """One entry of ``params``, checked: a known kind, a non-empty range, positive bounds for log scales."""
+    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in KINDS:
+        raise ConfigError(f"{where}: {key} must be one of {', '.join(f'{{{k}: ...}}' for k in KINDS)}; got {spec!r}.")
+    ((kind, values),) = spec.items()
+    if kind == "choices":
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}: {key} has no choices: give a non-empty list.")
+        return Param(key, kind, tuple(values))
+    number = int if kind == "int" else (int, float)
+    if (
+        not isinstance(values, list)
+        or len(values) != 2
+        or not all(isinstance(v, number) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+    ):
+        raise ConfigError(
+            f"{where}: {key}: {kind} takes [low, high], two finite {'integers' if kind == 'int' else 'numbers'}; got {values!r}."
+        )
+    low, high = values
+    if low > high:
+        raise ConfigError(f"{where}: {key}: the range [{low}, {high}] is empty (low is above high).")
+    if kind == "log_uniform" and low <= 0:
+        raise ConfigError(f"{where}: {key}: log_uniform needs a positive low bound; got {low}.")
+    return Param(key, kind, (low, high) if kind == "int" else (float(low), float(high)))
+
+
+def cli_value(value: Any) -> str:
+    """A sampled value as the command line writes it: strings as they are, anything else as YAML/JSON.
+
+    Example:
+        >>> [cli_value(v) for v in (0.5, 32, True, None, "torch.optim.Adam")]
+        ['0.5', '32', 'true', 'null', 'torch.optim.Adam']
+    """
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Lightning's per-Trainer notices (seed, devices, tips) at warning level only: a sweep builds many."""
+    loggers = [logging.getLogger(name) for name in LIGHTNING_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def fit_args(configs: Sequence[str], values: dict[str, Any], root: str | Path) -> list[str]:
+    """The ``logreg fit`` arguments of one trial: the fit configs, then each value, then its run root."""
+    args = list(TRIAL_DEFAULTS)
+    for config in configs:
+        args += ["--config", str(config)]
+    for key, value in values.items():
+        args += [f"--{key}", cli_value(value)]
+    return [*args, "--trainer.default_root_dir", str(root)]
+
+
+def check_space(space: Space, configs: Sequence[str], where: str | Path) -> None:
+    """Build the fit configuration once per value to check (without running it), so a key the fit parser does
+    not know, or a value its classes reject, ends the sweep before any trial runs."""
+    from argparse import ArgumentError
+
+    from logreg.cli import build_cli
+
+    for param in space.params:
+        for value in param.values_to_check():
+            try:
+                with quiet_lightning():
+                    build_cli(fit_args(configs, {param.key: value}, "unused"), run=False)
+            except ArgumentError as err:
+                if "unrecognized arguments" in str(err):
+                    raise ConfigError(
+                        f"{where}: {param.key} is not a key of the fit configuration (`logreg fit --help` lists them)."
+                    ) from None
+                reason = " ".join(str(err).split())
+                raise ConfigError(f"{where}: {param.key}: the value {value!r} is not accepted: {reason}") from None
+            except ConfigError as err:
+                raise ConfigError(f"{where}: {param.key}: the value {value!r} is not accepted: {err}") from None
+
+
+def open_storage(url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
+    """The study database, with heartbeats so that a trial whose process died is failed and re-queued."""
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        # Several processes write one SQLite file: wait for another's lock instead of failing at once.
+        engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)
+        for attempt in range(3):
+            try:
+                return optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat_s,
+                    grace_period=2 * heartbeat_s,
+                    heartbeat_stale_trial_callback=retry,
+                )
+            except Exception as err:  # the drivers' errors share no base class: report any as one line
+                if attempt < 2 and "already exists" in str(err):  # two processes creating the tables at once
+                    time.sleep(1.0)
+                    continue
+                reason = " ".join(str(err).split("\n")[0].split()) or type(err).__name__
+                raise DataError(f"--storage {url}: cannot open the study database ({reason}).") from None
+    raise AssertionError("unreachable")
+
+
+class TrialPruning(PyTorchLightningPruningCallback):
+    """Optuna's Lightning pruning callback that also marks the run: ``sweep/pruned`` is logged as 1 when the
+    trial is pruned and 0 when it trains to the end, so TensorBoard's HPARAMS tab can filter pruned trials.
+
+    Args:
+        trial: The Optuna trial this run belongs to.
+        monitor: The logged metric reported to Optuna after each validation (``val/loss``).
+    """
+
+    def __init__(self, trial: optuna.Trial, monitor: str = DEFAULT_METRIC) -> None:
+        super().__init__(trial, monitor)
+
+    @override
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        try:
+            super().on_validation_end(trainer, pl_module)
+        except optuna.TrialPruned:
+            self._mark(trainer, pruned=True)
+            raise
+
+    @override
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._mark(trainer, pruned=False)
+
+    @staticmethod
+    def _mark(trainer: L.Trainer, pruned: bool) -> None:
+        for logger in trainer.loggers:
+            logger.log_metrics({"sweep/pruned": float(pruned)}, step=max(trainer.global_step - 1, 0))
+
+
+def run_trial(trial: optuna.Trial, space: Space, configs: Sequence[str], out: Path) -> float:
+    """Train one trial as ``logreg fit`` would and return its final value of the space's metric."""
+    from argparse import ArgumentError
+
+    from logreg.cli import build_cli
+
+    values = {param.key: param.suggest(trial) for param in space.params}
+    root = out / RUNS_DIR / f"trial_{trial.number:04d}"
+    try:
+        with quiet_lightning():
+            cli = build_cli(fit_args(configs, values, root), run=False)
+    except (ArgumentError, ConfigError) as err:
+        raise TrialConfigError(" ".join(str(err).split())) from None
+    cli.trainer.callbacks.append(TrialPruning(trial, space.metric))
+    run_dir = Path(cli.trainer.log_dir)
+    trial.set_user_attr("root", str(root))
+    trial.set_user_attr("run_dir", str(run_dir))
+    trial.set_user_attr("lr", cli.model.hparams.lr)
+    try:
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    except SystemExit as err:
+        if cli.trainer.interrupted:  # Lightning turns Ctrl-C into exit(1); Optuna fails the trial on this
+            raise KeyboardInterrupt from err
+        raise
+    finally:
+        with contextlib.suppress(Exception):  # the split exists once setup ran; a run may stop before
+            trial.set_user_attr("rows_per_update", cli.datamodule.train_batch_size)
+        if (run_dir / "config.yaml").is_file():
+            trial.set_user_attr("config", (run_dir / "config.yaml").read_text())
+    value = cli.trainer.callback_metrics.get(space.metric)
+    if value is None:
+        logged = ", ".join(sorted(cli.trainer.callback_metrics))
+        raise ConfigError(f"the runs log no metric {space.metric!r} to optimise; they log {logged}.")
+    return float(value)
+
+
+def write_table(study: optuna.Study, path: Path) -> None:
+    """One CSV row per trial of the study: number, state, value, each searched key, and where its run is."""
+    trials = study.get_trials(deepcopy=False)
+    keys = sorted({key for trial in trials for key in trial.params})
+    with _replaced(path) as tmp, tmp.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["number", "state", "value", *keys, "rows_per_update", "seconds", "retry_of", "run_dir"])
+        for t in trials:
+            seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else ""
+            writer.writerow(
+                [
+                    t.number,
+                    t.state.name,
+                    "" if t.value is None else t.value,
+                    *(t.params.get(key, "") for key in keys),
+                    t.user_attrs.get("rows_per_update", ""),
+                    f"{seconds:.2f}" if seconds != "" else "",
+                    t.system_attrs.get("failed_trial", ""),
+                    t.user_attrs.get("run_dir", ""),
+                ]
+            )
+
+
+def write_best(study: optuna.Study, space: Space, out: Path) -> optuna.trial.FrozenTrial | None:
+    """``OUT/best.yaml``: the best trial's resolved configuration, rerunning into ``OUT/best``."""
+    if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+        return None
+    best = study.best_trial
+    # The trial's root directory appears as the Trainer's default_root_dir and the logger's save_dir; the rerun
+    # writes under OUT/best instead, so it adds no run to the trial's directory.
+    config = _replace_strings(
+        yaml.safe_load(best.user_attrs["config"]), best.user_attrs["root"], str(out / BEST_RUN_DIR)
+    )
+    header = (
+        f"# Trial {best.number} of study {study.study_name!r}: {space.metric} = {best.value:.6g}, the best "
+        f"({space.direction}) of {len(study.trials)} trials.\n# Rerun: logreg fit --config {out / 'best.yaml'}\n"
+    )
+    with _replaced(out / "best.yaml") as tmp:
+        tmp.write_text(header + yaml.safe_dump(config, sort_keys=False))
+    return best
+
+
+def _replace_strings(tree: Any, old: str, new: str) -> Any:
+    """``tree`` (nested dicts and lists) with every string equal to ``old`` replaced by ``new``."""
+    if isinstance(tree, dict):
+        return {key: _replace_strings(value, old, new) for key, value in tree.items()}
+    if isinstance(tree, list):
+        return [_replace_strings(value, old, new) for value in tree]
+    return new if tree == old else tree
+
+
+@contextlib.contextmanager
+def _replaced(path: Path) -> Iterator[Path]:
+    """Write to a temporary file and rename it over ``path``: processes sharing OUT never see half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def best_lr_per_batch_size(study: optuna.Study) -> dict[int, tuple[float, float]]:
+    """{rows per update: (lr, value)} of the best finished trial for each batch size, smallest size first."""
+    best: dict[int, tuple[float, float]] = {}
+    sign = 1 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        rows, lr = t.user_attrs.get("rows_per_update"), t.user_attrs.get("lr")
+        if rows is not None and lr is not None and (rows not in best or sign * t.value < sign * best[rows][1]):
+            best[rows] = (lr, t.value)
+    return dict(sorted(best.items()))
+
+
+def write_figures(study: optuna.Study, space: Space, out: Path) -> list[Path]:
+    """PNG figures: optimisation history, parameter importances, and the best lr for each batch size."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as optuna_plots
+
+    written = []
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    figures = {"history.png": optuna_plots.plot_optimization_history}
+    # Importances compare the finished trials; they need two of them and a key that varied between them.
+    if len(finished) >= 2 and any(len({repr(t.params.get(p.key)) for t in finished}) > 1 for p in space.params):
+        figures["importance.png"] = optuna_plots.plot_param_importances
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        for name, plot in figures.items():
+            axes = plot(study, target_name=space.metric)
+            axes.figure.set_size_inches(7, 4.5)
+            axes.figure.tight_layout()
+            with _replaced(out / name) as tmp:
+                axes.figure.savefig(tmp, dpi=100, format="png")
+            plt.close(axes.figure)
+            written.append(out / name)
+    best = best_lr_per_batch_size(study)
+    if best:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        points = [
+            (t.user_attrs["rows_per_update"], t.user_attrs["lr"], t.value)
+            for t in finished
+            if "lr" in t.user_attrs and "rows_per_update" in t.user_attrs
+        ]
+        scatter = ax.scatter(
+            *zip(*[(r, lr) for r, lr, _ in points], strict=True),
+            c=[v for *_, v in points],
+            cmap="viridis_r" if study.direction == optuna.study.StudyDirection.MINIMIZE else "viridis",
+            s=25,
+            alpha=0.7,
+            label="finished trials",
+        )
+        fig.colorbar(scatter, ax=ax, label=space.metric)
+        sizes = list(best)
+        ax.plot(sizes, [best[s][0] for s in sizes], "r*-", markersize=12, label=f"best {space.metric} per batch size")
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="batch size (rows per update)",
+            ylabel="learning rate",
+            title="Best learning rate found for each batch size",
+        )
+        ax.legend(loc="best")
+        fig.tight_layout()
+        with _replaced(out / "lr_by_batch_size.png") as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+        plt.close(fig)
+        written.append(out / "lr_by_batch_size.png")
+    return written
+
+
+def build_parser() -> ArgumentParser:
+    """The ``logreg sweep`` command line."""
+    parser = ArgumentParser(
+        prog="logreg sweep",
+        description="Search hyperparameters of `logreg fit` with Optuna; each trial is one fit run.",
+        exit_on_error=False,
+        default_env=False,
+    )
+    parser.add_argument(
+        "--config", action="append", default=[], help="A config `logreg fit` takes (repeatable, later ones win)."
+    )
+    parser.add_argument("--space", required=True, help="YAML: config keys and their ranges or choices, and the metric.")
+    parser.add_argument("--trials", type=int, default=20, help="Trials this process runs (more processes add theirs).")
+    parser.add_argument(
+        "--out", default="sweep", help="Directory of the trials' runs, the results and the default study file."
+    )
+    parser.add_argument("--storage", default=None, help="Study database URL (default: sqlite:///OUT/study.db).")
+    parser.add_argument("--study", default="logreg", help="Study name in the database.")
+    parser.add_argument(
+        "--seed", type=int | None, default=None, help="Sampler seed; give each process its own, or none."
+    )
+    parser.add_argument(
+        "--heartbeat",
+        type=int,
+        default=60,
+        help="Seconds between a trial's heartbeats; a trial silent for twice this is failed and re-queued.",
+    )
+    return parser
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """Run ``logreg sweep`` with ``args`` (the words after ``sweep``; default the command line)."""
+    opts = build_parser().parse_args(list(sys.argv[2:] if args is None else args))
+    if opts.trials < 0 or opts.heartbeat < 1:
+        raise ConfigError(
+            f"--trials must be 0 or more and --heartbeat at least 1; got {opts.trials} and {opts.heartbeat}."
+        )
+    for config in opts.config:
+        if not Path(config).is_file():
+            raise DataError(f"--config {config}: no such file.")
+    space = Space.read(opts.space)
+    check_space(space, opts.config, opts.space)
+    out = Path(opts.out)
+    url = opts.storage or f"sqlite:///{out / 'study.db'}"
+    if opts.storage is None:
+        out.mkdir(parents=True, exist_ok=True)
+    storage = open_storage(url, opts.heartbeat)
+    try:
+        study = optuna.create_study(
+            study_name=opts.study,
+            storage=storage,
+            sampler=optuna.samplers.TPESampler(seed=opts.seed),
+            pruner=optuna.pruners.MedianPruner(**dict(space.pruner)),
+            direction=space.direction,
+            load_if_exists=True,
+        )
+    except Exception as err:
+        raise DataError(f"--storage {url}: cannot open study {opts.study!r} ({' '.join(str(err).split())}).") from None
+    if study.direction.name.lower() != space.direction:
+        raise ConfigError(
+            f"study {opts.study!r} in {url} was created to {study.direction.name.lower()}, but {opts.space} asks to {space.direction}."
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        study.optimize(
+            lambda trial: run_trial(trial, space, opts.config, out),
+            n_trials=opts.trials,
+            catch=(NonFiniteLossError, TrialConfigError),  # that trial fails; the others still run
+        )
+    except KeyboardInterrupt:
+        print("interrupted: the finished trials are kept; run the same command again to go on.", file=sys.stderr)
+        report(study, space, out)
+        raise SystemExit(130) from None
+    report(study, space, out)
+
+
+def report(study: optuna.Study, space: Space, out: Path) -> None:
+    """Write the results of the whole study (every process's trials) under OUT and say where they are."""
+    write_table(study, out / "trials.csv")
+    best = write_best(study, space, out)
+    figures = write_figures(study, space, out)
+    states = [t.state.name.lower() for t in study.get_trials(deepcopy=False)]
+    counts = ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states)))
+    print(f"study {study.study_name!r}: {len(states)} trials ({counts}); table {out / 'trials.csv'}")
+    if best is not None:
+        values = ", ".join(f"{k}={v!r}" for k, v in best.params.items())
+        print(f"best: trial {best.number}, {space.metric} = {best.value:.6g} with {values}; config {out / 'best.yaml'}")
+    print("figures: " + ", ".join(str(p) for p in figures))
