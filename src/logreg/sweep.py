@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import socket
 import sys
 import time
 import warnings
@@ -288,6 +289,7 @@ def run_trial(trial: optuna.Trial, space: Space, configs: Sequence[str], out: Pa
         raise TrialConfigError(" ".join(str(err).split())) from None
     cli.trainer.callbacks.append(TrialPruning(trial, space.metric))
     run_dir = Path(cli.trainer.log_dir)
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which process ran it
     trial.set_user_attr("root", str(root))
     trial.set_user_attr("run_dir", str(run_dir))
     trial.set_user_attr("lr", cli.model.hparams.lr)
@@ -396,7 +398,8 @@ def write_figures(study: optuna.Study, space: Space, out: Path) -> list[Path]:
     # Importances compare the finished trials; they need two of them and a key that varied between them.
     if len(finished) >= 2 and any(len({repr(t.params.get(p.key)) for t in finished}) > 1 for p in space.params):
         figures["importance.png"] = optuna_plots.plot_param_importances
-    with warnings.catch_warnings():
+    # Optuna's plots switch matplotlib's global style to ggplot; rc_context gives the caller's style back.
+    with warnings.catch_warnings(), matplotlib.rc_context():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         for name, plot in figures.items():
             axes = plot(study, target_name=space.metric)
@@ -408,6 +411,16 @@ def write_figures(study: optuna.Study, space: Space, out: Path) -> list[Path]:
             written.append(out / name)
     best = best_lr_per_batch_size(study)
     if best:
+        written.append(plot_lr_by_batch_size(study, space, best, out / "lr_by_batch_size.png"))
+    return written
+
+
+def plot_lr_by_batch_size(study: optuna.Study, space: Space, best: dict[int, tuple[float, float]], path: Path) -> Path:
+    """The lesson's figure: every finished trial's (batch size, lr), coloured by its metric, and the best per size."""
+    import matplotlib.pyplot as plt
+
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    with plt.style.context("default"):  # not the ggplot style Optuna's plots leave behind
         fig, ax = plt.subplots(figsize=(7, 4.5))
         points = [
             (t.user_attrs["rows_per_update"], t.user_attrs["lr"], t.value)
@@ -434,11 +447,10 @@ def write_figures(study: optuna.Study, space: Space, out: Path) -> list[Path]:
         )
         ax.legend(loc="best")
         fig.tight_layout()
-        with _replaced(out / "lr_by_batch_size.png") as tmp:
+        with _replaced(path) as tmp:
             fig.savefig(tmp, dpi=100, format="png")
-        plt.close(fig)
-        written.append(out / "lr_by_batch_size.png")
-    return written
+    plt.close(fig)
+    return path
 
 
 def build_parser() -> ArgumentParser:
