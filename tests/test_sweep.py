@@ -304,4 +304,4 @@ def test_the_shipped_space_names_keys_and_values_the_fit_config_accepts():
     space = Space.read(REPO / "configs" / "sweep.yaml")
     assert space.metric == "val/loss" and space.direction == "minimize"
     assert {"model.lr", "data.batch_size"} <= {p.key for p in space.params}
-    check_space(space, [MINIBATCH], "configs/sweep.yaml")  # builds the fit run once per value; raises if one fails
+    check_space(space, ["--config", MINIBATCH], "configs/sweep.yaml")  # builds the fit run once per value; raises if one fails

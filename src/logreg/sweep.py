@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import json
 import logging
 import math
@@ -26,29 +27,37 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import lightning as L
-import optuna
 import yaml
 from jsonargparse import ArgumentParser
-from optuna.trial import TrialState
-from optuna_integration import PyTorchLightningPruningCallback
 from typing_extensions import override
 
 from logreg.data import ConfigError
 from logreg.datasets import DataError
 from logreg.divergence import NonFiniteLossError
 
+try:
+    import optuna
+    from optuna.trial import TrialState
+    from optuna_integration import PyTorchLightningPruningCallback
+except ImportError as err:  # an optional extra: `logreg sweep` then says how to install it, in one line
+    raise ConfigError(f"logreg sweep needs {err.name}: pip install 'logreg[sweep]' (or -e '.[sweep]').") from None
+
 DEFAULT_METRIC = "val/loss"
 RUNS_DIR = "runs"  # OUT/runs/trial_NNNN/<batch_mode>/version_0: `tensorboard --logdir OUT/runs` compares all
 BEST_RUN_DIR = "best"  # where `logreg fit --config OUT/best.yaml` writes its rerun
 SQLITE_TIMEOUT_S = 60  # how long a SQLite writer waits for another process's lock before failing
 Kind = Literal["log_uniform", "uniform", "int", "choices"]
+Sampler = Literal["tpe", "random"]
 KINDS: tuple[Kind, ...] = ("log_uniform", "uniform", "int", "choices")
 # Trials start quiet (no model summary per trial); a fit config may still turn it on.
 TRIAL_DEFAULTS = ["--trainer.enable_model_summary", "false"]
 LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")
+
+
+SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
 
 
 class TrialConfigError(Exception):
@@ -87,7 +96,9 @@ class Space:
 
     ``params`` maps config keys to ``{log_uniform: [low, high]}``, ``{uniform: [low, high]}``,
     ``{int: [low, high]}`` or ``{choices: [...]}``; ``minimize: TAG`` or ``maximize: TAG`` names the logged
-    metric (default ``minimize: val/loss``); ``pruner`` holds options of Optuna's ``MedianPruner``.
+    metric (default ``minimize: val/loss``); ``pruner`` holds options of Optuna's ``MedianPruner``;
+    ``sampler`` is ``tpe`` (the default: trials gather where the metric is best) or ``random`` (every value gets
+    its share of trials, for a fair comparison such as the best lr per batch size).
 
     Example:
         >>> space = Space.parse({"params": {"data.batch_size": {"choices": [8, 32]}}}, "space.yaml")
@@ -99,6 +110,7 @@ class Space:
     metric: str = DEFAULT_METRIC
     direction: Literal["minimize", "maximize"] = "minimize"
     pruner: tuple[tuple[str, int], ...] = ()
+    sampler: Sampler = "tpe"
 
     @classmethod
     def read(cls, path: str | Path) -> Space:
@@ -115,7 +127,7 @@ class Space:
     @classmethod
     def parse(cls, content: Any, where: str | Path) -> Space:
         """Check the content of a space file (``where`` names it in messages)."""
-        known = ("params", "minimize", "maximize", "pruner")
+        known = ("params", "minimize", "maximize", "pruner", "sampler")
         if not isinstance(content, dict) or not set(content) <= set(known):
             raise ConfigError(f"{where}: must be a mapping with the keys {', '.join(known)}; got {content!r}.")
         if "minimize" in content and "maximize" in content:
@@ -131,7 +143,11 @@ class Space:
         options = ("n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials")
         if not isinstance(pruner, dict) or not all(k in options and isinstance(v, int) for k, v in pruner.items()):
             raise ConfigError(f"{where}: pruner takes integer options among {', '.join(options)}; got {pruner!r}.")
-        return cls(tuple(_param(str(k), v, where) for k, v in params.items()), metric, direction, tuple(pruner.items()))
+        sampler = content.get("sampler", "tpe")
+        if sampler not in get_args(Sampler):
+            raise ConfigError(f"{where}: sampler must be one of {', '.join(get_args(Sampler))}; got {sampler!r}.")
+        params = tuple(_param(str(k), v, where) for k, v in params.items())
+        return cls(params, metric, direction, tuple(pruner.items()), sampler)
 
 
 def _param(key: str, spec: Any, where: str | Path) -> Param:
@@ -184,28 +200,33 @@ def quiet_lightning() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def fit_args(configs: Sequence[str], values: dict[str, Any], root: str | Path) -> list[str]:
-    """The ``logreg fit`` arguments of one trial: the fit configs, then each value, then its run root."""
-    args = list(TRIAL_DEFAULTS)
-    for config in configs:
-        args += ["--config", str(config)]
+def fit_args(fit: Sequence[str], values: dict[str, Any], root: str | Path) -> list[str]:
+    """The ``logreg fit`` arguments of one trial: the sweep's fit arguments, then each value, then its run root."""
+    args = [*TRIAL_DEFAULTS, *fit]
     for key, value in values.items():
         args += [f"--{key}", cli_value(value)]
     return [*args, "--trainer.default_root_dir", str(root)]
 
 
-def check_space(space: Space, configs: Sequence[str], where: str | Path) -> None:
-    """Build the fit configuration once per value to check (without running it), so a key the fit parser does
-    not know, or a value its classes reject, ends the sweep before any trial runs."""
+def check_space(space: Space, fit: Sequence[str], where: str | Path) -> None:
+    """Build the fit run once as given and once per value to check (without running it), so a key the fit
+    parser does not know, or a value its classes reject, ends the sweep before any trial runs."""
     from argparse import ArgumentError
 
     from logreg.cli import build_cli
 
+    try:
+        with quiet_lightning():
+            build_cli(fit_args(fit, {}, "unused"), run=False)
+    except (ArgumentError, ConfigError, DataError) as err:
+        raise ConfigError(
+            f"the fit arguments {' '.join(fit)!r} are not accepted: {' '.join(str(err).split())}"
+        ) from None
     for param in space.params:
         for value in param.values_to_check():
             try:
                 with quiet_lightning():
-                    build_cli(fit_args(configs, {param.key: value}, "unused"), run=False)
+                    build_cli(fit_args(fit, {param.key: value}, "unused"), run=False)
             except ArgumentError as err:
                 if "unrecognized arguments" in str(err):
                     raise ConfigError(
@@ -274,7 +295,7 @@ class TrialPruning(PyTorchLightningPruningCallback):
             logger.log_metrics({"sweep/pruned": float(pruned)}, step=max(trainer.global_step - 1, 0))
 
 
-def run_trial(trial: optuna.Trial, space: Space, configs: Sequence[str], out: Path) -> float:
+def run_trial(trial: optuna.Trial, space: Space, fit: Sequence[str], out: Path) -> float:
     """Train one trial as ``logreg fit`` would and return its final value of the space's metric."""
     from argparse import ArgumentError
 
@@ -284,7 +305,7 @@ def run_trial(trial: optuna.Trial, space: Space, configs: Sequence[str], out: Pa
     root = out / RUNS_DIR / f"trial_{trial.number:04d}"
     try:
         with quiet_lightning():
-            cli = build_cli(fit_args(configs, values, root), run=False)
+            cli = build_cli(fit_args(fit, values, root), run=False)
     except (ArgumentError, ConfigError) as err:
         raise TrialConfigError(" ".join(str(err).split())) from None
     cli.trainer.callbacks.append(TrialPruning(trial, space.metric))
@@ -395,9 +416,14 @@ def write_figures(study: optuna.Study, space: Space, out: Path) -> list[Path]:
     written = []
     finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     figures = {"history.png": optuna_plots.plot_optimization_history}
+    # PED-ANOVA is Optuna's own estimator (fANOVA would need scikit-learn); it ranks how much each key matters
+    # for reaching the best trials.
+    importance = functools.partial(
+        optuna_plots.plot_param_importances, evaluator=optuna.importance.PedAnovaImportanceEvaluator()
+    )
     # Importances compare the finished trials; they need two of them and a key that varied between them.
     if len(finished) >= 2 and any(len({repr(t.params.get(p.key)) for t in finished}) > 1 for p in space.params):
-        figures["importance.png"] = optuna_plots.plot_param_importances
+        figures["importance.png"] = importance
     # Optuna's plots switch matplotlib's global style to ggplot; rc_context gives the caller's style back.
     with warnings.catch_warnings(), matplotlib.rc_context():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -416,36 +442,30 @@ def write_figures(study: optuna.Study, space: Space, out: Path) -> list[Path]:
 
 
 def plot_lr_by_batch_size(study: optuna.Study, space: Space, best: dict[int, tuple[float, float]], path: Path) -> Path:
-    """The lesson's figure: every finished trial's (batch size, lr), coloured by its metric, and the best per size."""
+    """The lesson's figure: the metric against lr for each batch size (left), and the best lr per size (right)."""
     import matplotlib.pyplot as plt
 
-    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    finished = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if "lr" in t.user_attrs and "rows_per_update" in t.user_attrs
+    ]
     with plt.style.context("default"):  # not the ggplot style Optuna's plots leave behind
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        points = [
-            (t.user_attrs["rows_per_update"], t.user_attrs["lr"], t.value)
-            for t in finished
-            if "lr" in t.user_attrs and "rows_per_update" in t.user_attrs
-        ]
-        scatter = ax.scatter(
-            *zip(*[(r, lr) for r, lr, _ in points], strict=True),
-            c=[v for *_, v in points],
-            cmap="viridis_r" if study.direction == optuna.study.StudyDirection.MINIMIZE else "viridis",
-            s=25,
-            alpha=0.7,
-            label="finished trials",
-        )
-        fig.colorbar(scatter, ax=ax, label=space.metric)
-        sizes = list(best)
-        ax.plot(sizes, [best[s][0] for s in sizes], "r*-", markersize=12, label=f"best {space.metric} per batch size")
-        ax.set(
-            xscale="log",
-            yscale="log",
-            xlabel="batch size (rows per update)",
-            ylabel="learning rate",
-            title="Best learning rate found for each batch size",
-        )
-        ax.legend(loc="best")
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+        for i, (size, (best_lr, best_value)) in enumerate(best.items()):
+            trials = sorted((t.user_attrs["lr"], t.value) for t in finished if t.user_attrs["rows_per_update"] == size)
+            color = f"C{i % 10}"
+            left.plot(*zip(*trials, strict=True), "o-", color=color, alpha=0.6, markersize=4, label=f"B = {size}")
+            left.plot(best_lr, best_value, "*", color=color, markersize=14, markeredgecolor="black")
+            right.plot(size, best_lr, "*", color=color, markersize=14, markeredgecolor="black")
+        right.plot(list(best), [lr for lr, _ in best.values()], "-", color="grey", zorder=0)
+        left.set(xscale="log", yscale="log", xlabel="learning rate", ylabel=f"{space.metric} (finished trials)")
+        left.set_title(f"{space.metric} against the learning rate, per batch size (star: best)")
+        left.legend(loc="best", fontsize="small")
+        right.set(xscale="log", yscale="log", xlabel="batch size (rows per update)", ylabel="best learning rate")
+        right.set_title("Best learning rate found for each batch size")
+        for ax in (left, right):
+            ax.grid(True, which="major", alpha=0.3)
         fig.tight_layout()
         with _replaced(path) as tmp:
             fig.savefig(tmp, dpi=100, format="png")
@@ -457,7 +477,8 @@ def build_parser() -> ArgumentParser:
     """The ``logreg sweep`` command line."""
     parser = ArgumentParser(
         prog="logreg sweep",
-        description="Search hyperparameters of `logreg fit` with Optuna; each trial is one fit run.",
+        description="Search hyperparameters of `logreg fit` with Optuna; each trial is one fit run. Arguments "
+        "after `--` go to every trial's `logreg fit`, e.g. `-- --trainer.max_epochs 10`.",
         exit_on_error=False,
         default_env=False,
     )
@@ -485,7 +506,10 @@ def build_parser() -> ArgumentParser:
 
 def main(args: Sequence[str] | None = None) -> None:
     """Run ``logreg sweep`` with ``args`` (the words after ``sweep``; default the command line)."""
-    opts = build_parser().parse_args(list(sys.argv[2:] if args is None else args))
+    args = list(sys.argv[2:] if args is None else args)
+    # Words after `--` are `logreg fit` arguments for every trial, e.g. `-- --trainer.max_epochs 10`.
+    extra = args[args.index("--") + 1 :] if "--" in args else []
+    opts = build_parser().parse_args(args[: len(args) - len(extra) - 1] if "--" in args else args)
     if opts.trials < 0 or opts.heartbeat < 1:
         raise ConfigError(
             f"--trials must be 0 or more and --heartbeat at least 1; got {opts.trials} and {opts.heartbeat}."
@@ -494,7 +518,8 @@ def main(args: Sequence[str] | None = None) -> None:
         if not Path(config).is_file():
             raise DataError(f"--config {config}: no such file.")
     space = Space.read(opts.space)
-    check_space(space, opts.config, opts.space)
+    fit = [*(word for config in opts.config for word in ("--config", config)), *extra]
+    check_space(space, fit, opts.space)
     out = Path(opts.out)
     url = opts.storage or f"sqlite:///{out / 'study.db'}"
     if opts.storage is None:
@@ -504,7 +529,7 @@ def main(args: Sequence[str] | None = None) -> None:
         study = optuna.create_study(
             study_name=opts.study,
             storage=storage,
-            sampler=optuna.samplers.TPESampler(seed=opts.seed),
+            sampler=SAMPLERS[space.sampler](seed=opts.seed),
             pruner=optuna.pruners.MedianPruner(**dict(space.pruner)),
             direction=space.direction,
             load_if_exists=True,
@@ -518,7 +543,7 @@ def main(args: Sequence[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     try:
         study.optimize(
-            lambda trial: run_trial(trial, space, opts.config, out),
+            lambda trial: run_trial(trial, space, fit, out),
             n_trials=opts.trials,
             catch=(NonFiniteLossError, TrialConfigError),  # that trial fails; the others still run
         )
