@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import optuna
@@ -31,10 +32,12 @@ params:
 """
 SHORT = """\
 trainer:
-  max_epochs: 3
   accelerator: cpu
   enable_progress_bar: false
 """
+
+
+EPOCHS = ("--trainer.max_epochs", "3")  # given after `--`: fit arguments for every trial
 
 
 def write_inputs(tmp: Path, space: str = SPACE) -> tuple[Path, Path]:
@@ -43,10 +46,11 @@ def write_inputs(tmp: Path, space: str = SPACE) -> tuple[Path, Path]:
     return tmp / "space.yaml", tmp / "short.yaml"
 
 
-def sweep_args(tmp: Path, out: Path, trials: int, *extra: str) -> list[str]:
+def sweep_args(tmp: Path, out: Path, trials: int, *extra: str, fit: Sequence[str] = EPOCHS) -> list[str]:
+    """``logreg sweep`` on the minibatch config, quiet, with ``fit`` as every trial's fit arguments (after --)."""
     return [
         *("sweep", "--config", MINIBATCH, "--config", str(tmp / "short.yaml"), "--space", str(tmp / "space.yaml")),
-        *("--trials", str(trials), "--out", str(out), *extra),
+        *("--trials", str(trials), "--out", str(out), *extra, "--", *fit),
     ]
 
 
@@ -110,6 +114,7 @@ def test_the_best_trial_is_at_least_as_good_as_the_default_minibatch_config(swep
             MINIBATCH,
             "--config",
             str(tmp_path / "short.yaml"),
+            *EPOCHS,
             "--trainer.default_root_dir",
             str(root),
         ]
@@ -154,7 +159,7 @@ def test_best_lr_per_batch_size_picks_the_lowest_value_of_each_size(swept):
 
 
 def test_a_rerun_sweep_keeps_its_finished_trials_and_adds_new_ones(tmp_path):
-    write_inputs(tmp_path, SPACE.replace("{choices: [16, 64]}", "{choices: [64]}"))
+    write_inputs(tmp_path, "sampler: random\n" + SPACE.replace("{choices: [16, 64]}", "{choices: [64]}"))
     out = tmp_path / "out"
     main(sweep_args(tmp_path, out, 2, "--seed", "1"))
     before = [(t.number, t.state, t.params, t.value) for t in load(out).trials]
@@ -233,62 +238,93 @@ def run_cli(args: list[str], capsys) -> tuple[int, str]:
     return code, errors[0]
 
 
-@pytest.mark.parametrize(
-    ("space", "storage", "message"),
-    [
-        (
-            "params:\n  model.lrr: {log_uniform: [0.1, 1]}\n",
-            None,
-            r"space\.yaml: model\.lrr is not a key of the fit configuration",
-        ),
-        (
-            "params:\n  model.lr: {log_uniform: [1, 0.1]}\n",
-            None,
-            r"space\.yaml: model\.lr: the range \[1, 0\.1\] is empty",
-        ),
-        ("params:\n  data.batch_size: {choices: []}\n", None, r"space\.yaml: data\.batch_size has no choices"),
-        (
-            "params:\n  model.lr: {log_uniform: [-1, 1]}\n",
-            None,
-            r"space\.yaml: model\.lr: log_uniform needs a positive low bound; got -1\.",
-        ),
-        (
-            "params:\n  model.lr: {uniform: [-0.5, 1]}\n",
-            None,
-            r"space\.yaml: model\.lr: the value -0\.5 is not accepted: lr must be positive",
-        ),
-        (
-            "params:\n  data.batch_mode: {choices: [full, fast]}\n",
-            None,
-            r"data\.batch_mode: the value 'fast' is not accepted: .*'minibatch'",
-        ),
-        ("params: {}\n", None, r"space\.yaml: params must map at least one config key"),
-        (
-            SPACE,
-            "sqlite:////nonexistent/dir/study.db",
-            r"--storage sqlite:////nonexistent/dir/study\.db: cannot open the study database \(.*unable to open database file",
-        ),
-        (SPACE, "nosuchdb://host/study", r"--storage nosuchdb://host/study: cannot open the study database"),
-    ],
-    ids=[
+def lr_space(spec: str) -> str:
+    return f"params:\n  model.lr: {spec}\n"
+
+
+# (id, space file, extra sweep arguments, fit arguments after --, expected message as a regex)
+MISTAKES = [
+    (
         "unknown-key",
+        "params:\n  model.lrr: {log_uniform: [0.1, 1]}\n",
+        [],
+        EPOCHS,
+        r"space\.yaml: model\.lrr is not a key of the fit configuration",
+    ),
+    (
         "empty-range",
+        lr_space("{log_uniform: [1, 0.1]}"),
+        [],
+        EPOCHS,
+        r"space\.yaml: model\.lr: the range \[1, 0\.1\] is empty",
+    ),
+    (
         "no-choices",
+        "params:\n  data.batch_size: {choices: []}\n",
+        [],
+        EPOCHS,
+        r"space\.yaml: data\.batch_size has no choices",
+    ),
+    (
         "negative-log-bound",
-        "negative-lr",
-        "bad-choice",
-        "no-params",
-        "sqlite-unreachable",
+        lr_space("{log_uniform: [-1, 1]}"),
+        [],
+        EPOCHS,
+        r"space\.yaml: model\.lr: log_uniform needs a positive low bound; got -1\.",
+    ),
+    (
+        "negative-lr-bound",
+        lr_space("{uniform: [-0.5, 1]}"),
+        [],
+        EPOCHS,
+        r"space\.yaml: model\.lr: the value -0\.5 is not accepted: lr must be positive",
+    ),
+    (
+        "invalid-choice",
+        "params:\n  data.batch_mode: {choices: [full, fast]}\n",
+        [],
+        EPOCHS,
+        r"space\.yaml: data\.batch_mode: the value 'fast' is not accepted: .*'minibatch'",
+    ),
+    ("no-params", "params: {}\n", [], EPOCHS, r"space\.yaml: params must map at least one config key"),
+    (
+        "unknown-sampler",
+        "sampler: grid\n" + SPACE,
+        [],
+        EPOCHS,
+        r"space\.yaml: sampler must be one of tpe, random; got 'grid'",
+    ),
+    (
+        "unknown-fit-argument",
+        SPACE,
+        [],
+        ("--trainer.epochs_max", "3"),
+        r"error: the fit configuration is not accepted: unrecognized arguments: --trainer\.epochs_max 3\.",
+    ),
+    (
+        "unreachable-sqlite",
+        SPACE,
+        ["--storage", "sqlite:////nonexistent/dir/study.db"],
+        EPOCHS,
+        r"--storage sqlite:////nonexistent/dir/study\.db: cannot open the study database \(.*unable to open database file",
+    ),
+    (
         "unknown-database",
-    ],
-)
-def test_mistakes_end_in_one_line_before_any_trial(tmp_path, capsys, space, storage, message):
+        SPACE,
+        ["--storage", "nosuchdb://host/study"],
+        EPOCHS,
+        r"--storage nosuchdb://host/study: cannot open the study database \(",
+    ),
+]
+
+
+@pytest.mark.parametrize(("space", "extra", "fit", "message"), [m[1:] for m in MISTAKES], ids=[m[0] for m in MISTAKES])
+def test_mistakes_end_in_one_line_before_any_trial(tmp_path, capsys, space, extra, fit, message):
     write_inputs(tmp_path, space)
     out = tmp_path / "out"
-    extra = ["--storage", storage] if storage else []
-    code, line = run_cli(sweep_args(tmp_path, out, 6, *extra), capsys)
+    code, line = run_cli(sweep_args(tmp_path, out, 6, *extra, fit=fit), capsys)
     assert code == 1
-    assert re.search(message, line), line
+    assert re.fullmatch(r"error: .*\.", line) and re.search(message, line), line
     assert not (out / "runs").exists()  # no trial ran
 
 
@@ -304,4 +340,6 @@ def test_the_shipped_space_names_keys_and_values_the_fit_config_accepts():
     space = Space.read(REPO / "configs" / "sweep.yaml")
     assert space.metric == "val/loss" and space.direction == "minimize"
     assert {"model.lr", "data.batch_size"} <= {p.key for p in space.params}
-    check_space(space, ["--config", MINIBATCH], "configs/sweep.yaml")  # builds the fit run once per value; raises if one fails
+    check_space(
+        space, ["--config", MINIBATCH], "configs/sweep.yaml"
+    )  # builds the fit run once per value; raises if one fails

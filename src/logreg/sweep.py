@@ -219,9 +219,7 @@ def check_space(space: Space, fit: Sequence[str], where: str | Path) -> None:
         with quiet_lightning():
             build_cli(fit_args(fit, {}, "unused"), run=False)
     except (ArgumentError, ConfigError, DataError) as err:
-        raise ConfigError(
-            f"the fit arguments {' '.join(fit)!r} are not accepted: {' '.join(str(err).split())}"
-        ) from None
+        raise ConfigError(f"the fit configuration is not accepted: {_one_line(err)}") from None
     for param in space.params:
         for value in param.values_to_check():
             try:
@@ -232,10 +230,19 @@ def check_space(space: Space, fit: Sequence[str], where: str | Path) -> None:
                     raise ConfigError(
                         f"{where}: {param.key} is not a key of the fit configuration (`logreg fit --help` lists them)."
                     ) from None
-                reason = " ".join(str(err).split())
-                raise ConfigError(f"{where}: {param.key}: the value {value!r} is not accepted: {reason}") from None
-            except ConfigError as err:
-                raise ConfigError(f"{where}: {param.key}: the value {value!r} is not accepted: {err}") from None
+                raise ConfigError(
+                    f"{where}: {param.key}: the value {value!r} is not accepted: {_one_line(err)}"
+                ) from None
+            except (ConfigError, DataError) as err:
+                raise ConfigError(
+                    f"{where}: {param.key}: the value {value!r} is not accepted: {_one_line(err)}"
+                ) from None
+
+
+def _one_line(err: BaseException) -> str:
+    """An error's message as one sentence: jsonargparse spreads its messages over indented lines."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if text.endswith(".") else text + "."
 
 
 def open_storage(url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
@@ -260,7 +267,7 @@ def open_storage(url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
                 if attempt < 2 and "already exists" in str(err):  # two processes creating the tables at once
                     time.sleep(1.0)
                     continue
-                reason = " ".join(str(err).split("\n")[0].split()) or type(err).__name__
+                reason = _one_line(str(err).split("\n")[0] or type(err).__name__).rstrip(".")
                 raise DataError(f"--storage {url}: cannot open the study database ({reason}).") from None
     raise AssertionError("unreachable")
 
@@ -307,7 +314,7 @@ def run_trial(trial: optuna.Trial, space: Space, fit: Sequence[str], out: Path) 
         with quiet_lightning():
             cli = build_cli(fit_args(fit, values, root), run=False)
     except (ArgumentError, ConfigError) as err:
-        raise TrialConfigError(" ".join(str(err).split())) from None
+        raise TrialConfigError(_one_line(err)) from None
     cli.trainer.callbacks.append(TrialPruning(trial, space.metric))
     run_dir = Path(cli.trainer.log_dir)
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which process ran it
@@ -535,7 +542,7 @@ def main(args: Sequence[str] | None = None) -> None:
             load_if_exists=True,
         )
     except Exception as err:
-        raise DataError(f"--storage {url}: cannot open study {opts.study!r} ({' '.join(str(err).split())}).") from None
+        raise DataError(f"--storage {url}: cannot open study {opts.study!r}: {_one_line(err)}") from None
     if study.direction.name.lower() != space.direction:
         raise ConfigError(
             f"study {opts.study!r} in {url} was created to {study.direction.name.lower()}, but {opts.space} asks to {space.direction}."
