@@ -200,18 +200,42 @@ def test_two_processes_share_one_sqlite_study_without_losing_or_repeating_trials
     assert all(Path(t.user_attrs["run_dir"], "config.yaml").is_file() for t in trials)
 
 
+def wait_for_a_running_trial_after_a_finished_one(out: Path) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        if (out / "study.db").is_file():
+            states = [t.state for t in load(out).trials]
+            if TrialState.COMPLETE in states and states[-1] == TrialState.RUNNING:
+                return
+    raise AssertionError("no trial finished within 120 s")
+
+
+@pytest.mark.slow
+def test_ctrl_c_fails_the_running_trial_at_once_and_keeps_the_finished_ones(tmp_path):
+    write_inputs(tmp_path, SPACE.replace("{choices: [16, 64]}", "{choices: [1]}"))  # slow trials: seconds each
+    out = tmp_path / "out"
+    process = sweep_process(tmp_path, out, 20, "--seed", "1")
+    wait_for_a_running_trial_after_a_finished_one(out)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "interrupted: the finished trials are kept; run the same command again to go on." in err.splitlines()
+    states = [t.state for t in load(out).trials]
+    # No trial is left running for a heartbeat to expire: the interrupted one is failed at once. (The signal may
+    # also land between two trials; then none failed.)
+    assert set(states[:-1]) <= {TrialState.COMPLETE, TrialState.PRUNED} and TrialState.COMPLETE in states
+    assert states[-1] in (TrialState.FAIL, TrialState.COMPLETE, TrialState.PRUNED)
+    with (out / "trials.csv").open() as file:  # the results were written on the way out
+        assert [r["state"] for r in csv.DictReader(file)] == [state.name for state in states]
+
+
 @pytest.mark.slow
 def test_a_killed_sweep_resumes_its_study_and_retries_the_trial_it_lost(tmp_path):
     write_inputs(tmp_path, SPACE.replace("{choices: [16, 64]}", "{choices: [1]}"))  # slow trials: ~3 s each
     out = tmp_path / "out"
     process = sweep_process(tmp_path, out, 20, "--seed", "1", "--heartbeat", "1")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # until one trial is finished and the next is running
-        time.sleep(0.5)
-        if (out / "study.db").is_file():
-            states = [t.state for t in load(out).trials]
-            if TrialState.COMPLETE in states and states[-1] == TrialState.RUNNING and len(states) >= 2:
-                break
+    wait_for_a_running_trial_after_a_finished_one(out)
     process.send_signal(signal.SIGKILL)  # no chance to clean up, as when a machine goes away
     process.wait()
     kept = [t for t in load(out).trials if t.state == TrialState.COMPLETE]

@@ -188,13 +188,16 @@ def cli_value(value: Any) -> str:
 
 @contextlib.contextmanager
 def quiet_lightning() -> Iterator[None]:
-    """Lightning's per-Trainer notices (seed, devices, tips) at warning level only: a sweep builds many."""
+    """Lightning's per-Trainer notices (seed, devices, tips) at warning level only: a sweep builds many. Nor
+    does LightningCLI warn that ``args`` is given while the command line holds words: they are the sweep's."""
     loggers = [logging.getLogger(name) for name in LIGHTNING_LOGGERS]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.WARNING)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "LightningCLI's args parameter is intended", UserWarning)
+            yield
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
@@ -420,8 +423,10 @@ def write_figures(study: optuna.Study, space: Space, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as optuna_plots
 
-    written = []
+    written: list[Path] = []
     finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not finished:  # nothing to draw yet: every trial so far was pruned, failed or is running
+        return written
     figures = {"history.png": optuna_plots.plot_optimization_history}
     # PED-ANOVA is Optuna's own estimator (fANOVA would need scikit-learn); it ranks how much each key matters
     # for reaching the best trials.
@@ -572,4 +577,5 @@ def report(study: optuna.Study, space: Space, out: Path) -> None:
     if best is not None:
         values = ", ".join(f"{k}={v!r}" for k, v in best.params.items())
         print(f"best: trial {best.number}, {space.metric} = {best.value:.6g} with {values}; config {out / 'best.yaml'}")
-    print("figures: " + ", ".join(str(p) for p in figures))
+    if figures:
+        print("figures: " + ", ".join(str(p) for p in figures))
