@@ -60,8 +60,17 @@ LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")
 SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
 
 
-class TrialConfigError(Exception):
-    """A sampled combination of values the fit configuration rejects: that trial fails, the sweep goes on."""
+class Rejected(Exception):
+    """The fit configuration refused some arguments (in a trial: that trial fails, the sweep goes on).
+
+    Args:
+        message: Why, in one sentence.
+        unknown_key: Whether an argument names no config key.
+    """
+
+    def __init__(self, message: str, unknown_key: bool = False) -> None:
+        super().__init__(message)
+        self.unknown_key = unknown_key
 
 
 @dataclass(frozen=True)
@@ -211,35 +220,55 @@ def fit_args(fit: Sequence[str], values: dict[str, Any], root: str | Path) -> li
     return [*args, "--trainer.default_root_dir", str(root)]
 
 
-def check_space(space: Space, fit: Sequence[str], where: str | Path) -> None:
-    """Build the fit run once as given and once per value to check (without running it), so a key the fit
-    parser does not know, or a value its classes reject, ends the sweep before any trial runs."""
+def build_run(args: list[str]) -> Any:
+    """``build_cli(args, run=False)``: the model, data module and Trainer exactly as ``logreg fit`` builds them.
+
+    Raises:
+        Rejected: The fit parser or a class it builds refused the arguments.
+    """
     from argparse import ArgumentError
 
     from logreg.cli import build_cli
 
     try:
         with quiet_lightning():
-            build_cli(fit_args(fit, {}, "unused"), run=False)
-    except (ArgumentError, ConfigError, DataError) as err:
-        raise ConfigError(f"the fit configuration is not accepted: {_one_line(err)}") from None
+            return build_cli(args, run=False)
+    except ArgumentError as err:
+        raise Rejected(_one_line(err), unknown_key="unrecognized arguments" in str(err)) from None
+    except Exception as err:
+        # jsonargparse may wrap what a class's __init__ raises in an error of its own; the mistake is the cause.
+        cause = next((e for e in _chain(err) if isinstance(e, (ConfigError, DataError))), None)
+        if cause is None:
+            raise
+        raise Rejected(_one_line(cause)) from None
+
+
+def _chain(err: BaseException | None) -> Iterator[BaseException]:
+    """An exception and the ones it was raised from or during."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__
+
+
+def check_space(space: Space, fit: Sequence[str], where: str | Path) -> None:
+    """Build the fit run once as given and once per value to check (without running it), so a key the fit
+    parser does not know, or a value its classes reject, ends the sweep before any trial runs."""
+    try:
+        build_run(fit_args(fit, {}, "unused"))
+    except Rejected as err:
+        raise ConfigError(f"the fit configuration is not accepted: {err}") from None
     for param in space.params:
         for value in param.values_to_check():
             try:
-                with quiet_lightning():
-                    build_cli(fit_args(fit, {param.key: value}, "unused"), run=False)
-            except ArgumentError as err:
-                if "unrecognized arguments" in str(err):
+                build_run(fit_args(fit, {param.key: value}, "unused"))
+            except Rejected as err:
+                if err.unknown_key:
                     raise ConfigError(
                         f"{where}: {param.key} is not a key of the fit configuration (`logreg fit --help` lists them)."
                     ) from None
-                raise ConfigError(
-                    f"{where}: {param.key}: the value {value!r} is not accepted: {_one_line(err)}"
-                ) from None
-            except (ConfigError, DataError) as err:
-                raise ConfigError(
-                    f"{where}: {param.key}: the value {value!r} is not accepted: {_one_line(err)}"
-                ) from None
+                raise ConfigError(f"{where}: {param.key}: the value {value!r} is not accepted: {err}") from None
 
 
 def _one_line(err: BaseException) -> str:
@@ -307,17 +336,9 @@ class TrialPruning(PyTorchLightningPruningCallback):
 
 def run_trial(trial: optuna.Trial, space: Space, fit: Sequence[str], out: Path) -> float:
     """Train one trial as ``logreg fit`` would and return its final value of the space's metric."""
-    from argparse import ArgumentError
-
-    from logreg.cli import build_cli
-
     values = {param.key: param.suggest(trial) for param in space.params}
     root = out / RUNS_DIR / f"trial_{trial.number:04d}"
-    try:
-        with quiet_lightning():
-            cli = build_cli(fit_args(fit, values, root), run=False)
-    except (ArgumentError, ConfigError) as err:
-        raise TrialConfigError(_one_line(err)) from None
+    cli = build_run(fit_args(fit, values, root))
     cli.trainer.callbacks.append(TrialPruning(trial, space.metric))
     run_dir = Path(cli.trainer.log_dir)
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which process ran it
@@ -557,7 +578,7 @@ def main(args: Sequence[str] | None = None) -> None:
         study.optimize(
             lambda trial: run_trial(trial, space, fit, out),
             n_trials=opts.trials,
-            catch=(NonFiniteLossError, TrialConfigError),  # that trial fails; the others still run
+            catch=(NonFiniteLossError, Rejected),  # that trial fails; the others still run
         )
     except KeyboardInterrupt:
         print("interrupted: the finished trials are kept; run the same command again to go on.", file=sys.stderr)
