@@ -17,6 +17,8 @@ import pytest
 import yaml
 from conftest import scalars
 from optuna.trial import TrialState
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
 
 from logreg.cli import main
 from logreg.sweep import Space, best_lr_per_batch_size, check_space
@@ -62,6 +64,18 @@ def last_val_loss(run_dir: Path) -> float:
     return scalars(run_dir)["val/loss"][-1][1]
 
 
+def hparams_tab(run_dir: Path) -> dict[str, float | str]:
+    """The hyperparameters a run shows in TensorBoard's HPARAMS tab (numbers and strings)."""
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    for content in events.PluginTagToContent("hparams").values():
+        data = plugin_data_pb2.HParamsPluginData.FromString(content)
+        if data.HasField("session_start_info"):
+            values = data.session_start_info.hparams
+            return {k: v.number_value if v.HasField("number_value") else v.string_value for k, v in values.items()}
+    raise AssertionError(f"{run_dir}: no HPARAMS entry")
+
+
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory) -> tuple[Path, optuna.Study]:
     """A 6-trial sweep on banknote (3 epochs per trial), shared by the tests that only read it."""
@@ -86,10 +100,12 @@ def test_six_trials_each_an_ordinary_run_with_its_config_checkpoints_and_state(s
         assert run == out / "runs" / f"trial_{t.number:04d}" / "minibatch" / "version_0"
         config = yaml.safe_load((run / "config.yaml").read_text())
         # the run's resolved config holds exactly the sampled values, on top of the fit configs
-        assert config["model"]["lr"] == t.params["model.lr"]
+        model = config["model"].get("init_args", config["model"])  # the model is chosen by class path
+        assert (model["lr"], model["weight_decay"]) == (t.params["model.lr"], t.params["model.weight_decay"])
         assert config["data"]["batch_size"] == t.params["data.batch_size"]
-        assert config["model"]["weight_decay"] == t.params["model.weight_decay"]
-        assert config["trainer"]["max_epochs"] == 3 and config["model"].get("momentum", 0.0) == 0.0
+        assert config["trainer"]["max_epochs"] == 3  # given after --
+        tab = hparams_tab(run)  # TensorBoard's HPARAMS tab compares the trials by these
+        assert (tab["lr"], tab["batch_size"]) == (pytest.approx(t.params["model.lr"]), t.params["data.batch_size"])
         series = scalars(run)
         pruned = t.state == TrialState.PRUNED
         assert [v for _, v in series["sweep/pruned"]] == [float(pruned)]

@@ -243,6 +243,22 @@ def build_run(args: list[str]) -> Any:
         raise Rejected(_one_line(cause)) from None
 
 
+def config_keys(config: Any) -> set[str]:
+    """The dotted keys of a parsed configuration as the command line writes them (``model.lr`` for
+    ``model.init_args.lr``, as LightningCLI accepts), and their parents (``model``, ``model.optimizer``).
+
+    Example:
+        >>> from jsonargparse import Namespace
+        >>> sorted(config_keys(Namespace(model=Namespace(class_path="M", init_args=Namespace(lr=0.1)))))
+        ['model', 'model.class_path', 'model.lr']
+    """
+    keys = set()
+    for key in config.keys():  # noqa: SIM118  (a Namespace iterates its top level; keys() gives every dotted key)
+        parts = [part for part in key.split(".") if part != "init_args"]
+        keys.update(".".join(parts[: i + 1]) for i in range(len(parts)))
+    return keys
+
+
 def _chain(err: BaseException | None) -> Iterator[BaseException]:
     """An exception and the ones it was raised from or during."""
     seen = set()
@@ -256,7 +272,7 @@ def check_space(space: Space, fit: Sequence[str], where: str | Path) -> None:
     """Build the fit run once as given and once per value to check (without running it), so a key the fit
     parser does not know, or a value its classes reject, ends the sweep before any trial runs."""
     try:
-        build_run(fit_args(fit, {}, "unused"))
+        known = config_keys(build_run(fit_args(fit, {}, "unused")).config)
     except Rejected as err:
         raise ConfigError(f"the fit configuration is not accepted: {err}") from None
     for param in space.params:
@@ -264,7 +280,8 @@ def check_space(space: Space, fit: Sequence[str], where: str | Path) -> None:
             try:
                 build_run(fit_args(fit, {param.key: value}, "unused"))
             except Rejected as err:
-                if err.unknown_key:
+                # A class chosen by class path reports an unknown option as a value its type refuses.
+                if err.unknown_key or not any(k == param.key or k.startswith(param.key + ".") for k in known):
                     raise ConfigError(
                         f"{where}: {param.key} is not a key of the fit configuration (`logreg fit --help` lists them)."
                     ) from None
