@@ -7,7 +7,7 @@ from logreg.benchmark import main
 
 
 @pytest.mark.slow
-def test_benchmark_runs_all_three_paths_on_tiny_data_and_writes_consistent_json(tmp_path, capsys):
+def test_benchmark_runs_all_four_paths_on_tiny_data_and_writes_consistent_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     main(
         [
@@ -34,9 +34,10 @@ def test_benchmark_runs_all_three_paths_on_tiny_data_and_writes_consistent_json(
     assert modes["minibatch"]["updates_per_epoch"] == math.ceil(n_train / 64)
     assert modes["example"]["updates_per_epoch"] == n_train
     for r in modes.values():
-        assert all(len(r["samples"][path]) == 1 for path in ("project", "hand", "naive"))
+        assert all(len(r["samples"][path]) == 1 for path in ("project", "bare", "hand", "naive"))
+        assert r["project_over_bare"] == pytest.approx(r["project_s"] / r["bare_s"])
         assert r["project_over_hand"] == pytest.approx(r["project_s"] / r["hand_s"])
         assert r["naive_over_project"] == pytest.approx(r["naive_s"] / r["project_s"])
     assert report["memory"]["data_bytes"] == 300 * 33 * 4
     table = capsys.readouterr().out
-    assert "| example | 300 x 32 | 298 |" in table and "project / hand" in table
+    assert "| example | 300 x 32 | 298 |" in table and "project / bare" in table

@@ -87,16 +87,10 @@ def test_loss_noise_is_the_spread_of_successive_differences_over_the_last_half()
     assert loss_noise([1.0, 0.5, 0.25, 0.2]) is None  # too few updates to measure
 
 
-@pytest.mark.parametrize(
-    ("update_group", "evaluated_at"),
-    [
-        (1, [0, 1, 2, 4, 8, 16, 32, 64, 120]),  # 120 updates in the epoch
-        (16, [0, 16, 32, 64, 120]),  # evaluated at the first batch end past each count
-    ],
-)
-def test_the_whole_split_loss_is_evaluated_at_geometric_update_counts_and_epoch_ends(update_group, evaluated_at):
+def test_the_whole_split_loss_is_evaluated_at_geometric_update_counts_and_epoch_ends():
+    evaluated_at = [0, 1, 2, 4, 8, 16, 32, 64, 120]  # 120 updates in the epoch
     trace = LossTrace(growth=2.0)
-    dm = TabularDataModule(dataset="synthetic", batch_mode="example", seed=3, update_group=update_group, **TINY)
+    dm = TabularDataModule(dataset="synthetic", batch_mode="example", seed=3, **TINY)
     trainer = L.Trainer(
         max_epochs=1, callbacks=[trace], logger=False, enable_checkpointing=False, enable_progress_bar=False
     )
@@ -107,9 +101,9 @@ def test_the_whole_split_loss_is_evaluated_at_geometric_update_counts_and_epoch_
     assert trace.curve[-1][3] == pytest.approx(final)
 
 
-def test_the_trace_records_every_update_of_grouped_batches(tmp_path):
-    # 120 rows in minibatches of 16: 8 updates per epoch in batches of 3, 3 and 2 updates
-    dm = TabularDataModule(dataset="synthetic", batch_mode="minibatch", batch_size=16, update_group=3, **TINY)
+def test_the_trace_records_every_update(tmp_path):
+    # 120 rows in minibatches of 16: 8 updates per epoch
+    dm = TabularDataModule(dataset="synthetic", batch_mode="minibatch", batch_size=16, **TINY)
     trace = LossTrace()
     trainer = L.Trainer(
         max_epochs=2,

@@ -105,8 +105,6 @@ def test_invalid_choices_and_values_are_rejected_with_the_valid_ones_listed():
         TabularDataModule(batch_mode="mini")
     with pytest.raises(ValueError, match="batch_size must be a positive number"):
         TabularDataModule(batch_size=0)
-    with pytest.raises(ConfigError, match="update_group must be a positive number of updates; got 0"):
-        TabularDataModule(update_group=0)
     with pytest.raises(ValueError, match="val_fraction must lie strictly between 0 and 1"):
         TabularDataModule(val_fraction=1.0)
     with pytest.raises(ValueError, match="must be below 1"):
@@ -171,31 +169,32 @@ def test_feature_columns_must_name_columns_once():
         TabularDataModule(feature_columns=["a", "a"])
 
 
+def same(a: tuple, b: tuple) -> bool:
+    return len(a) == len(b) and all(
+        torch.equal(u, v) if isinstance(u, torch.Tensor) else u == v for u, v in zip(a, b, strict=True)
+    )
+
+
 @pytest.mark.parametrize("world_size", [1, 2])
-def test_groups_hold_the_same_batches_in_the_same_order_for_any_group_size(world_size):
+@pytest.mark.parametrize("trained", [0, 5, 15, 16])
+def test_a_resumed_epoch_continues_with_the_batch_after_the_last_one_trained(world_size, trained):
     x, y = torch.arange(61.0), torch.arange(61.0) * 10
     for rank in range(world_size):
         kwargs = {"batch_size": 4, "shuffle": True, "seed": 3, "rank": rank, "world_size": world_size}
-        single = TensorBatches(x, y, **kwargs)
-        plain = [list(single), list(single)]  # two epochs: 16 batches each, in a new order the second time
-        assert len(plain[0]) == 16 and not torch.equal(plain[0][0][0], plain[1][0][0])
-        for group in (1, 7, 64):
-            grouped = TensorBatches(x, y, **kwargs, group=group)
-            for epoch in range(2):
-                groups = list(grouped)
-                assert len(grouped) == len(groups) == math.ceil(16 / group)
-                assert [len(g) for g in groups] == [min(group, 16 - i) for i in range(0, 16, group)]
-                flat = [batch for g in groups for batch in g]
-                assert len(flat) == 16
-                for a, b in zip(flat, plain[epoch], strict=True):  # (x, y) or (x shard, y shard, rows)
-                    assert len(a) == len(b) and all(
-                        torch.equal(u, v) if isinstance(u, torch.Tensor) else u == v for u, v in zip(a, b, strict=True)
-                    )
+        straight = TensorBatches(x, y, **kwargs, trained=lambda: trained)
+        first = list(straight)
+        state = straight.state_dict()  # as a checkpoint written after `trained` batches of epoch 0
+        assert state == {"epoch": 0, "batches": trained}
+        second = list(straight)  # epoch 1, in a new order
+        assert len(first) == 16 and not torch.equal(first[0][0], second[0][0])
+        resumed = TensorBatches(x, y, **kwargs)
+        resumed.load_state_dict(state)
+        rest = list(resumed)  # the rest of epoch 0 ...
+        assert len(rest) == 16 - trained and all(map(same, rest, first[trained:]))
+        assert all(map(same, resumed, second))  # ... then whole epochs, as if it had never stopped
 
 
-def test_only_the_training_batches_are_grouped():
-    dm = TabularDataModule(batch_mode="minibatch", batch_size=16, update_group=3, **SMALL)
-    dm.setup("fit")
-    assert dm.updates_per_epoch == 4 and len(dm.train_dataloader()) == 2  # 61 rows: updates 3 + 1
-    (x, y), *_ = dm.val_dataloader()  # a plain batch
-    assert x.shape == (21, 3) and y.shape == (21,)
+def test_a_saved_position_applies_only_to_its_own_epoch():
+    batches = TensorBatches(torch.arange(8.0), batch_size=2)
+    batches.load_state_dict({"epoch": 3, "batches": 2})  # a checkpoint written in epoch 3; this is epoch 0
+    assert len(list(batches)) == 4

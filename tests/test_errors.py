@@ -142,17 +142,6 @@ ARGUMENT_CASES = [
     ),
     ("lr-negative", ["--model.lr", "-0.1"], r"lr must be positive and at most 3\.4e\+38; got -0\.1\."),
     ("lr-overflowing-float32", ["--model.lr", "1e39"], r"lr must be positive and at most 3\.4e\+38; got 1e\+39\."),
-    ("update-group-zero", ["--data.update_group", "0"], r"update_group must be a positive number of updates; got 0\."),
-    (
-        "gradient-clipping",
-        ["--trainer.gradient_clip_val", "1.0"],
-        r"--trainer\.gradient_clip_val is not supported: the model does several weight updates per batch",
-    ),
-    (
-        "gradient-accumulation",
-        ["--trainer.accumulate_grad_batches", "2"],
-        r"--trainer\.accumulate_grad_batches is not supported: .*raise --data\.batch_size\.",
-    ),
 ]
 
 
@@ -170,8 +159,8 @@ def test_a_learning_rate_that_makes_the_loss_infinite_stops_training_naming_epoc
     code, line = run(fit_args(tmp_path, *args, "--model.lr", "1e38"), capsys)
     assert code == 1
     found = re.fullmatch(
-        r"error: training stopped: the loss became inf at epoch 0, step (\d+) \(batch (\d+) of the epoch\); "
-        r"the learning rate 1e\+38 is likely too large, lower it\.",
+        r"error: training stopped: the loss became inf at epoch 0, step (\d+) \(batch (\d+) of the epoch\), "
+        r"with learning rate 1e\+38; a smaller learning rate usually keeps it finite\.",
         line,
     )
     assert found, line
@@ -338,7 +327,7 @@ def test_a_failed_or_interrupted_run_leaves_earlier_runs_alone(trained, earlier_
             return outputs
         if failure == "ctrl-c":
             raise KeyboardInterrupt
-        return {"losses": outputs["losses"] * float("nan")}
+        return outputs * float("nan")
 
     monkeypatch.setattr(LogisticRegression, "training_step", failing)
     sigint = signal.getsignal(signal.SIGINT)  # Lightning ignores Ctrl+C while it shuts down

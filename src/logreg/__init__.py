@@ -1,7 +1,16 @@
 """logreg: the three variants of gradient descent on logistic regression, as a PyTorch Lightning template."""
 
 from logreg.data import TabularDataModule, TensorBatches
-from logreg.datasets import DataError
-from logreg.model import LogisticRegression
+from logreg.errors import ConfigError, DataError
+from logreg.mlp import MLP
+from logreg.model import BinaryClassifier, LogisticRegression
 
-__all__ = ["DataError", "LogisticRegression", "TabularDataModule", "TensorBatches"]
+__all__ = [
+    "MLP",
+    "BinaryClassifier",
+    "ConfigError",
+    "DataError",
+    "LogisticRegression",
+    "TabularDataModule",
+    "TensorBatches",
+]

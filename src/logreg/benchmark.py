@@ -1,13 +1,15 @@
-"""Seconds per training epoch of the same weight updates done three ways, in one process.
+"""Seconds per training epoch of the same weight updates done four ways, in one process.
 
 - ``project``: ``Trainer.fit`` on this package's data module and model, built by the CLI with its default
   logging, progress bar and checkpointing (validation off for the timing);
+- ``bare``: the framework's floor: a Trainer with no logger, callbacks or metrics, running a LightningModule
+  whose ``training_step`` only returns the loss, over the same tensor slices (``TensorBatches``);
 - ``hand``: a hand-written PyTorch loop: per-epoch shuffle, then a slice per step and
   ``zero_grad / forward / BCE-with-logits / backward / step``;
 - ``naive``: the Lightning template as often written: ``DataLoader(TensorDataset(x, y))`` and ``self.log``
   on every step.
 
-Runs are interleaved (project, hand, naive, project, ...), the first epoch of each run is a warm-up, and an
+Runs are interleaved (project, bare, hand, naive, project, ...), the first epoch of each run is a warm-up, and an
 epoch is timed from its start to the next one's (or the end of training), so Trainer start-up is excluded
 but per-epoch work such as checkpointing is not. The figure reported is the median.
 """
@@ -27,6 +29,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -36,7 +39,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from typing_extensions import override
 
 from logreg.cli import build_cli
-from logreg.data import TabularDataModule
+from logreg.data import TabularDataModule, TensorBatches
 
 MODES = {"full": 1_000_000, "minibatch": 1_000_000, "example": 20_000}  # default rows per mode
 
@@ -65,8 +68,8 @@ class EpochTimer(Callback):
         self._stamp()
 
 
-class NaiveLogisticRegression(L.LightningModule):
-    """The common way: log every step, with an epoch aggregate too."""
+class BareLogisticRegression(L.LightningModule):
+    """Nothing but the update: the floor of Lightning's automatic optimization."""
 
     def __init__(self, num_features: int, lr: float) -> None:
         super().__init__()
@@ -76,13 +79,21 @@ class NaiveLogisticRegression(L.LightningModule):
     @override
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        loss = F.binary_cross_entropy_with_logits(self.linear(x).squeeze(-1), y)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
-        return loss
+        return F.binary_cross_entropy_with_logits(self.linear(x).squeeze(-1), y)
 
     @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+class NaiveLogisticRegression(BareLogisticRegression):
+    """The common way: log every step, with an epoch aggregate too."""
+
+    @override
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        return loss
 
 
 def _sync_for(device: str) -> Callable[[], None]:
@@ -149,11 +160,10 @@ def time_hand_written(
     return seconds[1:]
 
 
-def time_naive(
-    x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, epochs: int, device: str, lr: float
+def _time_lightning(
+    model: L.LightningModule, batches: Any, epochs: int, device: str, **trainer_args: Any
 ) -> list[float]:
-    """Epoch seconds of the naive template: a DataLoader over a TensorDataset in host memory."""
-    loader = DataLoader(TensorDataset(x.cpu(), y.cpu()), batch_size=batch_size, shuffle=shuffle)
+    """Epoch seconds of ``Trainer.fit`` of ``model`` on ``batches``, with the epoch timer as its callback."""
     timer = EpochTimer(_sync_for(device))
     with tempfile.TemporaryDirectory() as root:
         trainer = L.Trainer(
@@ -163,15 +173,36 @@ def time_naive(
             default_root_dir=root,
             callbacks=[timer],
             enable_model_summary=False,
+            **trainer_args,
         )
-        trainer.fit(NaiveLogisticRegression(x.shape[1], lr), train_dataloaders=loader)
+        trainer.fit(model, train_dataloaders=batches)
     return timer.seconds[1:]
+
+
+def time_bare(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, epochs: int, device: str, lr: float
+) -> list[float]:
+    """Epoch seconds of bare Lightning: the same slices, no logger, callbacks (but the timer) or metrics."""
+    batches = TensorBatches(x, y, batch_size=batch_size, shuffle=shuffle)
+    quiet = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
+    return _time_lightning(BareLogisticRegression(x.shape[1], lr), batches, epochs, device, **quiet)
+
+
+def time_naive(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, epochs: int, device: str, lr: float
+) -> list[float]:
+    """Epoch seconds of the naive template: a DataLoader over a TensorDataset in host memory, Lightning's defaults."""
+    loader = DataLoader(TensorDataset(x.cpu(), y.cpu()), batch_size=batch_size, shuffle=shuffle)
+    return _time_lightning(NaiveLogisticRegression(x.shape[1], lr), loader, epochs, device)
+
+
+PATHS = {"bare": time_bare, "hand": time_hand_written, "naive": time_naive}  # the baselines, besides project
 
 
 def benchmark_mode(
     mode: str, rows: int, features: int, batch_size: int, repeats: int, epochs: int, device: str, lr: float = 0.01
 ) -> dict:
-    """Interleaved runs of the three paths for one batch mode; medians of the timed epochs and their ratios."""
+    """Interleaved runs of the four paths for one batch mode; medians of the timed epochs and their ratios."""
     dm = TabularDataModule(
         dataset="synthetic",
         synthetic_rows=rows,
@@ -183,13 +214,13 @@ def benchmark_mode(
     x, y = (t.to(device) for t in dm.split("train"))  # the same standardised training rows for every path
     size = {"full": len(x), "example": 1, "minibatch": batch_size}[mode]
     shuffle = mode != "full"
-    times: dict[str, list[float]] = {"project": [], "hand": [], "naive": []}
+    times: dict[str, list[float]] = {"project": [], **{path: [] for path in PATHS}}
     # Both Lightning paths draw progress bars; send them to /dev/null alike so the table stays readable.
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
         for _ in range(repeats):
             times["project"] += time_project(mode, rows, features, batch_size, epochs, device, lr)
-            times["hand"] += time_hand_written(x, y, size, shuffle, epochs, device, lr)
-            times["naive"] += time_naive(x, y, size, shuffle, epochs, device, lr)
+            for path, time_path in PATHS.items():
+                times[path] += time_path(x, y, size, shuffle, epochs, device, lr)
     median = {path: statistics.median(seconds) for path, seconds in times.items()}
     return {
         "mode": mode,
@@ -200,8 +231,10 @@ def benchmark_mode(
         "updates_per_epoch": math.ceil(len(x) / size),
         "device": device,
         "project_s": median["project"],
+        "bare_s": median["bare"],
         "hand_s": median["hand"],
         "naive_s": median["naive"],
+        "project_over_bare": median["project"] / median["bare"],
         "project_over_hand": median["project"] / median["hand"],
         "naive_over_project": median["naive"] / median["project"],
         "samples": times,
@@ -245,14 +278,15 @@ def _memory_probe(rows: int, features: int, device: str) -> None:
 
 def format_table(results: list[dict]) -> str:
     lines = [
-        "| mode | data | updates/epoch | project s/epoch | hand-written s/epoch | naive s/epoch "
-        "| project / hand | naive / project |",
-        "|---|---|---|---|---|---|---|---|",
+        "| mode | data | updates/epoch | project s/epoch | bare Lightning s/epoch | hand-written s/epoch "
+        "| naive s/epoch | project / bare | project / hand | naive / project |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r['mode']} | {r['rows']:,} x {r['features']} | {r['updates_per_epoch']:,} | {r['project_s']:.4f} "
-            f"| {r['hand_s']:.4f} | {r['naive_s']:.4f} | {r['project_over_hand']:.2f} | {r['naive_over_project']:.1f} |"
+            f"| {r['bare_s']:.4f} | {r['hand_s']:.4f} | {r['naive_s']:.4f} | {r['project_over_bare']:.2f} "
+            f"| {r['project_over_hand']:.2f} | {r['naive_over_project']:.1f} |"
         )
     return "\n".join(lines)
 

@@ -44,7 +44,7 @@ class LastCheckpoint(ModelCheckpoint):
     @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.fast_dev_run:
-            trainer.save_checkpoint(self.format_checkpoint_name({}))
+            trainer.save_checkpoint(self.format_checkpoint_name({}), weights_only=False)  # with the optimizer state
 
 
 class ProgressBar(TQDMProgressBar):
@@ -56,14 +56,14 @@ class ProgressBar(TQDMProgressBar):
     Args:
         min_interval: Seconds between two redraws of the training bar.
         refresh_rate: Batches between two updates of the bar's count and metrics (as for ``TQDMProgressBar``);
-            each update gathers the progress-bar metrics, which costs about as much as a small update.
+            each update gathers the progress-bar metrics, which costs about as much as a small weight update.
 
     Example:
         >>> ProgressBar(min_interval=0.5).min_interval
         0.5
     """
 
-    def __init__(self, min_interval: float = 0.1, refresh_rate: int = 20) -> None:
+    def __init__(self, min_interval: float = 0.1, refresh_rate: int = 50) -> None:
         super().__init__(refresh_rate=refresh_rate, leave=False)
         self.min_interval = min_interval
 

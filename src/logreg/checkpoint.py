@@ -43,7 +43,7 @@ def read_checkpoint(path: str | Path) -> SavedRun:
     >>> read_checkpoint("no/such.ckpt")
     Traceback (most recent call last):
     ...
-    logreg.datasets.DataError: no/such.ckpt: no such checkpoint file.
+    logreg.errors.DataError: no/such.ckpt: no such checkpoint file.
     """
     path = Path(path)
     if not path.is_file():

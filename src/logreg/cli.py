@@ -1,8 +1,11 @@
 """The command line: ``logreg fit | validate | test | predict``, configured by YAML through LightningCLI.
 
-Config keys are the ``__init__`` arguments of the model, the data module and the Trainer. The number of
-features flows from the data to the model by ``link_arguments``, so it is never typed; with ``--ckpt_path``
-the data module reads the checkpoint's feature columns, so the link gives the checkpoint's model size.
+Config keys are the ``__init__`` arguments of the model, the data module and the Trainer. The model is
+any LightningModule that takes ``num_features`` (``--model logreg.mlp.MLP``; default
+``LogisticRegression``), its optimizer and scheduler are classes chosen the same way
+(``--model.optimizer Adam``). The number of features flows from the data to the model by
+``link_arguments``, so it is never typed. With ``--ckpt_path`` Lightning rebuilds the checkpoint's model
+class and hyperparameters, and the data module reads the checkpoint's feature columns.
 
 Mistakes in the input end in ``error: <one sentence>`` on stderr and exit code 1 (2 for the command line
 itself), never in a traceback; the exception types that carry such sentences are listed in ``USER_ERRORS``.
@@ -11,9 +14,11 @@ itself), never in a traceback; the exception types that carry such sentences are
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 from jsonargparse import ArgumentError, Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -24,11 +29,11 @@ from logreg.checkpoint import SavedRun, configure_columns, find_last_checkpoint,
 from logreg.data import ConfigError, TabularDataModule
 from logreg.datasets import DataError
 from logreg.divergence import NonFiniteLossError, StopOnNonFiniteLoss
-from logreg.model import LogisticRegression
 from logreg.predict import PredictionWriter
+from logreg.quiet import silence_harmless_messages
 
 DEFAULT_LOG_DIR = "lightning_logs"
-PROGRESS_REFRESH_UPDATES = 50  # update the progress bar's count about every this many weight updates
+DEFAULT_MODEL = "logreg.model.LogisticRegression"
 PREDICT_RUN_NAME = "predict"  # prediction runs get their own versions, apart from the training runs
 USER_ERRORS = (DataError, ConfigError, NonFiniteLossError)
 
@@ -40,11 +45,12 @@ class LogRegCLI(LightningCLI):
 
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("data.num_features", "model.num_features", apply_on="instantiate")
+        parser.link_arguments("data.num_features", "model.init_args.num_features", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(PredictionWriter, "prediction")
         parser.set_defaults(
             {
+                "model": {"class_path": DEFAULT_MODEL},
                 "checkpoint.monitor": "val/loss",
                 "checkpoint.filename": "best-epoch{epoch}",
                 "checkpoint.auto_insert_metric_name": False,
@@ -54,11 +60,19 @@ class LogRegCLI(LightningCLI):
     @override
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
-        # LightningCLI next unpickles the checkpoint for its hyperparameters: check it is one first.
+        # LightningCLI next rebuilds the model from the checkpoint's hyperparameters: find the file that
+        # `last` names, and check that it is a logreg checkpoint before anything unpickles it.
         subcommand = self.config.get("subcommand")
-        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt_path is not None and ckpt_path != "last":
-            self.saved = read_checkpoint(ckpt_path)
+        config = self.config[subcommand] if subcommand else None
+        if config is None or config.get("ckpt_path") is None:
+            return
+        if config.ckpt_path == "last":
+            root = config.trainer.default_root_dir or DEFAULT_LOG_DIR
+            logger = config.trainer.logger
+            # The newest earlier run of this batch mode; the new run writes a new version, so nothing is overwritten.
+            runs = Path(root) / config.data.batch_mode if logger in (None, True) else _logger_root(logger)
+            config.ckpt_path = str(find_last_checkpoint(runs))
+        self.saved = read_checkpoint(config.ckpt_path)
 
     @override
     def before_instantiate_classes(self) -> None:
@@ -67,43 +81,18 @@ class LogRegCLI(LightningCLI):
         if config.trainer.enable_progress_bar is not False and not any(
             "ProgressBar" in c.class_path for c in callbacks
         ):
-            # Lightning's default bar redraws more often than a small update takes (see ProgressBar); a bar
-            # step is a group of update_group updates.
-            refresh_rate = max(1, PROGRESS_REFRESH_UPDATES // config.data.update_group)
-            config.trainer.callbacks = [
-                *callbacks,
-                Namespace(class_path="logreg.callbacks.ProgressBar", init_args=Namespace(refresh_rate=refresh_rate)),
-            ]
-        if self.subcommand == "fit":
-            for name, off in (("gradient_clip_val", None), ("accumulate_grad_batches", 1)):
-                if config.trainer[name] not in (off, 0):
-                    # Lightning does these only when it steps the optimizer; the model steps it itself, per update.
-                    self.parser.error(
-                        f"--trainer.{name} is not supported: the model does several weight updates per batch "
-                        "(--data.update_group); for more rows per update raise --data.batch_size."
-                    )
-        if self.subcommand == "fit" and config.model.optimizer == "lbfgs" and config.data.batch_mode != "full":
-            # Checked here, before any run directory exists; the model checks again for Python users.
-            self.parser.error(
-                f"--model.optimizer lbfgs needs --data.batch_mode full (one batch per epoch); got {config.data.batch_mode!r}."
-            )
+            # Lightning's default bar redraws at every step, which costs more than a small update (see ProgressBar).
+            config.trainer.callbacks = [*callbacks, Namespace(class_path="logreg.callbacks.ProgressBar")]
         root = config.trainer.default_root_dir or DEFAULT_LOG_DIR
-        default_logger = config.trainer.logger in (None, True)
-        if config.get("ckpt_path") == "last":
-            # The newest earlier run of this batch mode; the new run writes a new version, so nothing is overwritten.
-            runs = Path(root) / config.data.batch_mode if default_logger else _logger_root(config.trainer.logger)
-            config.ckpt_path = str(find_last_checkpoint(runs))
-            self.saved = read_checkpoint(config.ckpt_path)
         if self.saved is not None:
             configure_columns(config.data, self.saved)
         elif self.subcommand == "predict":
             raise DataError("predict needs a trained model: pass --ckpt_path CHECKPOINT (or --ckpt_path last).")
-        if default_logger:
+        if config.trainer.logger in (None, True):
             # One run directory per batch mode (DIR/<mode>/version_N), so the modes overlay in TensorBoard.
             name = PREDICT_RUN_NAME if self.subcommand == "predict" else config.data.batch_mode
             config.trainer.logger = Namespace(
-                class_path="lightning.pytorch.loggers.TensorBoardLogger",
-                init_args=Namespace(save_dir=root, name=name, default_hp_metric=False),
+                class_path="logreg.loggers.TensorBoardLogger", init_args=Namespace(save_dir=root, name=name)
             )
 
     @override
@@ -128,30 +117,49 @@ def _logger_root(logger: Any) -> Path:
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> LogRegCLI:
     """The project's CLI with its defaults; ``run=False`` only builds the model, data module and Trainer."""
+    silence_harmless_messages()
     return LogRegCLI(
-        LogisticRegression,
+        L.LightningModule,
         TabularDataModule,
+        subclass_mode_model=True,
         args=args,
         run=run,
         seed_everything_default=42,
-        auto_configure_optimizers=False,
+        auto_configure_optimizers=False,  # the model takes its optimizer and scheduler as arguments
         # Default callbacks are added to any given with --trainer.callbacks.
-        trainer_defaults={"max_epochs": 20, "callbacks": [LastCheckpoint(), StopOnNonFiniteLoss()]},
+        trainer_defaults={
+            "max_epochs": 20,
+            "callbacks": [LastCheckpoint(), StopOnNonFiniteLoss()],
+            # The summary would list the metric objects beside a 5-parameter layer, and like every callback it is
+            # called at every step; --trainer.enable_model_summary true brings it back.
+            "enable_model_summary": False,
+        },
         parser_kwargs={"exit_on_error": False},  # parse errors are raised, and reported by main() as one line
     )
+
+
+def _causes(err: BaseException | None) -> Iterator[BaseException]:
+    """``err`` and the exceptions it was raised from."""
+    while err is not None:
+        yield err
+        err = err.__cause__ or err.__context__
 
 
 def main(args: list[str] | None = None) -> None:
     """Run the CLI on ``args`` (default: the command line), e.g. ``main(["fit", "--trainer.max_epochs", "5"])``."""
     try:
         build_cli(args)
-    except USER_ERRORS as err:
-        raise SystemExit(f"error: {err}") from None
     except ArgumentError as err:
         # jsonargparse spreads a message over indented lines; one line reads better and greps.
         message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
+    except Exception as err:
+        # jsonargparse wraps what a model's __init__ raises in its own ValueError; the user's mistake is the cause.
+        cause = next((e for e in _causes(err) if isinstance(e, USER_ERRORS)), None)
+        if cause is None:
+            raise
+        raise SystemExit(f"error: {cause}") from None
 
 
 if __name__ == "__main__":

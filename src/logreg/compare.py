@@ -22,12 +22,12 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
 from typing_extensions import override
 
 from logreg.callbacks import ProgressBar
 from logreg.data import TabularDataModule
 from logreg.datasets import DataError
+from logreg.loggers import TensorBoardLogger
 from logreg.model import LogisticRegression
 
 #: The order of the table and the legend: the fewest updates first.
@@ -46,13 +46,11 @@ class LossTrace(Callback):
     Per update: the loss of its batch (computed before the update changes the weights, so it belongs to
     ``epochs``, the epochs done before it, e.g. 0.5 halfway through the first) and the seconds of training
     when the update has finished. Seconds count from the start of training and leave out validation and the
-    evaluations below, so they measure what the updates cost. When a Lightning batch holds several updates,
-    the callback sees them at the batch's end: each gets an even share of the batch's time.
+    evaluations below, so they measure what the updates cost.
 
     The whole-split loss is what the updates achieve, free of the batch's sampling noise. It is evaluated
     before the first update, after every epoch, and after update counts that grow by ``growth`` (geometric
-    spacing, a few hundred evaluations however long the run; with several updates per batch, at the first
-    batch end past each count), into ``curve`` as
+    spacing, a few hundred evaluations however long the run), into ``curve`` as
     (updates done, epochs done, seconds, loss). The data module must offer ``split("train")``, as
     :class:`TabularDataModule` does.
 
@@ -71,13 +69,13 @@ class LossTrace(Callback):
         self.epochs: list[float] = []
         self.seconds: list[float] = []
         self.curve: list[tuple[int, float, float, float]] = []
-        self._start = self._paused = self._validation_start = self._last = 0.0
+        self._start = self._paused = self._validation_start = 0.0
         self._next_evaluation = 1
         self._epoch_start = 0  # global_step when the epoch began
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start, self._paused, self._last, self._next_evaluation = time.perf_counter(), 0.0, 0.0, 1
+        self._start, self._paused, self._next_evaluation = time.perf_counter(), 0.0, 1
         self._evaluate(trainer, pl_module, epochs=0.0)
 
     @override
@@ -88,17 +86,11 @@ class LossTrace(Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        # A batch holds one or more updates (the data module's update_group). .tolist() waits for them to
-        # finish, so the clock below includes them on any device.
-        losses = outputs["losses"].tolist()
-        now, per_epoch = self._clock(), trainer.datamodule.updates_per_epoch
-        first = trainer.global_step - len(losses) - self._epoch_start  # this batch's first update in the epoch
-        for k, loss in enumerate(losses):
-            self.losses.append(loss)
-            # The updates of a batch cost alike: share its time out evenly.
-            self.seconds.append(self._last + (now - self._last) * (k + 1) / len(losses))
-            self.epochs.append(trainer.current_epoch + (first + k) / per_epoch)
-        self._last = now
+        # .item() waits for the update to finish, so the clock below includes it on any device.
+        self.losses.append(outputs["loss"].item())
+        self.seconds.append(self._clock())
+        per_epoch = trainer.datamodule.updates_per_epoch
+        self.epochs.append(trainer.current_epoch + (trainer.global_step - 1 - self._epoch_start) / per_epoch)
         epoch_done = batch_idx + 1 == trainer.num_training_batches
         if trainer.global_step >= self._next_evaluation or epoch_done:
             done = trainer.global_step - self._epoch_start
@@ -179,14 +171,11 @@ def train_mode(
 ) -> ModeResult:
     """Fit one batch mode with the project's data module, model and a Trainer; log to ``out/<mode>/version_N``."""
     L.seed_everything(seed, verbose=False)
-    # One update per Lightning batch, so that LossTrace can evaluate the whole-split loss after the first few
-    # updates, where gradient descent moves most; the updates themselves do not depend on the grouping.
-    data_args = {"update_group": 1, **(data_args or {})}
-    dm = TabularDataModule(dataset=dataset, batch_mode=mode, batch_size=batch_size, seed=seed, **data_args)
+    dm = TabularDataModule(dataset=dataset, batch_mode=mode, batch_size=batch_size, seed=seed, **(data_args or {}))
     lr = DEFAULT_LR[mode] if lr is None else lr
     model = LogisticRegression(num_features=dm.num_features, lr=lr)
     trace = LossTrace()
-    logger = TensorBoardLogger(out, name=dm.run_name, default_hp_metric=False)
+    logger = TensorBoardLogger(str(out), name=dm.run_name)
     trainer = L.Trainer(
         max_epochs=epochs,
         logger=logger,

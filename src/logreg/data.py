@@ -10,10 +10,9 @@ Batches are slices of tensors held in memory (on the training device when it has
 epoch, then a view per step. A ``DataLoader`` over a ``TensorDataset`` would index and collate row by row,
 which costs hundreds of times more than the update itself for large batches.
 
-Training batches come in groups of ``update_group`` consecutive update batches, one group per Lightning
-batch: Lightning's bookkeeping around each batch (hooks, loop state, progress bar) costs several times a
-small weight update, and the model does the group's updates in one ``training_step``. The grouping changes
-neither the updates nor their order.
+The training batches resume mid-epoch: they implement ``state_dict`` / ``load_state_dict``, Lightning's
+interface for resumable loaders, so a run restarted from a checkpoint written inside an epoch (the timed
+``last.ckpt``) continues with the batch after the last one trained, as if it had never stopped.
 
 Under DDP (world size W > 1) the data module shards itself: Lightning injects a ``DistributedSampler``
 only into ``DataLoader`` objects, and that sampler pads the shards with repeated rows, which would bias
@@ -39,7 +38,6 @@ from typing_extensions import override
 
 from logreg.datasets import (
     BANKNOTE_PATH,
-    DataError,
     Table,
     find_columns,
     label_index,
@@ -49,12 +47,9 @@ from logreg.datasets import (
     read_header,
     select_features,
 )
+from logreg.errors import ConfigError, DataError
 
 BatchMode = Literal["full", "example", "minibatch"]
-
-
-class ConfigError(ValueError):
-    """An argument value the template cannot run with; the message names the argument and the valid values."""
 
 
 def check_choice(name: str, value: object, choices: tuple) -> None:
@@ -79,8 +74,8 @@ class TensorBatches:
         world_size: Number of DDP processes. Above 1, each batch of ``batch_size`` rows is a global batch:
             this object yields shard ``rank`` of it (rows ``[rank * n // W, (rank + 1) * n // W)`` of its
             ``n`` rows) followed by ``n``, so batches are ``(*shards, n)``.
-        group: When given, yield tuples of up to ``group`` consecutive batches (the last tuple may be
-            shorter) instead of single batches; the batches are the same for any group size.
+        trained: Returns how many batches of the current epoch were trained (e.g. the Trainer's count); saved
+            by ``state_dict``, so a resumed epoch skips them. Default: none, the epoch starts from its beginning.
 
     Example:
         >>> batches = TensorBatches(torch.arange(10.0).view(5, 2), torch.zeros(5), batch_size=2)
@@ -88,9 +83,10 @@ class TensorBatches:
         (3, [(2, 2), (2, 2), (1, 2)])
         >>> [(x[:, 0].tolist(), n) for x, y, n in TensorBatches(*batches.tensors, batch_size=5, rank=1, world_size=2)]
         [([4.0, 6.0, 8.0], 5)]
-        >>> groups = TensorBatches(*batches.tensors, batch_size=2, group=2)
-        >>> len(groups), [[len(x) for x, y in group] for group in groups]
-        (2, [[2, 2], [1]])
+        >>> resumed = TensorBatches(*batches.tensors, batch_size=2)
+        >>> resumed.load_state_dict({"epoch": 0, "batches": 2})
+        >>> [len(x) for x, y in resumed]  # the rest of epoch 0, then whole epochs again
+        [1]
     """
 
     def __init__(
@@ -102,7 +98,7 @@ class TensorBatches:
         epoch: Callable[[], int] | None = None,
         rank: int = 0,
         world_size: int = 1,
-        group: int | None = None,
+        trained: Callable[[], int] | None = None,
     ) -> None:
         self.tensors = tensors
         self.batch_size = batch_size
@@ -110,26 +106,30 @@ class TensorBatches:
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
-        self.group = group
         self._epoch = epoch
+        self._trained = trained
         self._passes = 0
+        self._current_epoch = 0
+        self._resume: dict[str, int] | None = None
 
     def __len__(self) -> int:
-        batches = math.ceil(len(self.tensors[0]) / self.batch_size)  # under DDP: global batches
-        return batches if self.group is None else math.ceil(batches / self.group)
+        return math.ceil(len(self.tensors[0]) / self.batch_size)  # under DDP: global batches
 
-    def __iter__(self) -> Iterator[tuple[Any, ...]]:
-        if self.group is None:
-            yield from self._batches()
-            return
-        batches = self._batches()
-        while group := tuple(itertools.islice(batches, self.group)):
-            yield group
+    def state_dict(self) -> dict[str, int]:
+        """Where the epoch stands: its number and the batches of it trained so far."""
+        return {"epoch": self._current_epoch, "batches": self._trained() if self._trained is not None else 0}
 
-    def _batches(self) -> Iterator[tuple[torch.Tensor | int, ...]]:
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Make the next pass over epoch ``state_dict["epoch"]`` skip its first ``state_dict["batches"]``."""
+        self._resume = dict(state_dict)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor | int, ...]]:
         tensors = self.tensors
         epoch = self._epoch() if self._epoch is not None else self._passes
         self._passes += 1
+        self._current_epoch = epoch
+        resume, self._resume = self._resume, None
+        skip = resume["batches"] if resume is not None and resume["epoch"] == epoch else 0
         order = None
         if self.shuffle:
             # Distinct seeds per (seed, epoch) pair; the order is drawn on the CPU so it is the same on any device
@@ -137,23 +137,23 @@ class TensorBatches:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             order = torch.randperm(len(tensors[0]), generator=gen)
         if self.world_size > 1:
-            yield from self._shards(order)
+            yield from self._shards(order, skip)
             return
         if order is not None:
             tensors = tuple(t[order.to(t.device)] for t in tensors)  # one gather per epoch, then views
-        for start in range(0, len(tensors[0]), self.batch_size):
+        for start in range(skip * self.batch_size, len(tensors[0]), self.batch_size):
             yield tuple(t[start : start + self.batch_size] for t in tensors)
 
-    def _shards(self, order: torch.Tensor | None) -> Iterator[tuple[torch.Tensor | int, ...]]:
-        """This rank's shard of every global batch, each followed by the global batch's row count."""
+    def _shards(self, order: torch.Tensor | None, skip: int) -> Iterator[tuple[torch.Tensor | int, ...]]:
+        """This rank's shard of every global batch from batch ``skip`` on, each followed by the batch's rows."""
         n = len(self.tensors[0])
         rank, world = self.rank, self.world_size
         bounds = []  # (first, end, rows of the global batch) of this rank's shard, per global batch
-        for start in range(0, n, self.batch_size):
+        for start in range(skip * self.batch_size, n, self.batch_size):
             rows = min(self.batch_size, n - start)
             bounds.append((start + rank * rows // world, start + (rank + 1) * rows // world, rows))
         tensors = self.tensors
-        if order is not None:  # gather this rank's rows of the whole epoch once, then serve views
+        if order is not None and bounds:  # gather this rank's rows of the epoch's batches once, then serve views
             picked = torch.cat([order[first:end] for first, end, _ in bounds])
             tensors = tuple(t[picked.to(t.device)] for t in tensors)
             sizes = [end - first for first, end, _ in bounds]
@@ -185,11 +185,6 @@ class TabularDataModule(L.LightningDataModule):
         synthetic_features: Features of the synthetic dataset.
         synthetic_noise: Standard deviation of the noise added to the synthetic logits (0: separable).
         eval_batch_size: Rows per batch for validation, test and prediction (no updates happen there).
-        update_group: Weight updates per Lightning training batch: the model does this many consecutive
-            updates in one ``training_step``, because Lightning's per-batch bookkeeping costs more than a small
-            update. The updates, their order, ``global_step`` and the logged steps are the same for any
-            value; a step of the progress bar is a group, and so is a batch wherever the Trainer counts
-            training batches (``limit_train_batches``, an integer ``val_check_interval``).
 
     Example:
         >>> dm = TabularDataModule(batch_mode="full")
@@ -214,15 +209,12 @@ class TabularDataModule(L.LightningDataModule):
         synthetic_features: int = 8,
         synthetic_noise: float = 0.5,
         eval_batch_size: int = 65_536,
-        update_group: int = 64,
     ) -> None:
         super().__init__()
         check_choice("batch_mode", batch_mode, get_args(BatchMode))
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if value < 1:
                 raise ConfigError(f"{name} must be a positive number of rows; got {value}.")
-        if update_group < 1:
-            raise ConfigError(f"update_group must be a positive number of updates; got {update_group}.")
         for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0 < value < 1:
                 raise ConfigError(f"{name} must lie strictly between 0 and 1; got {value}.")
@@ -273,7 +265,7 @@ class TabularDataModule(L.LightningDataModule):
 
     @property
     def updates_per_epoch(self) -> int:
-        """Weight updates per epoch: ceil(N_train / train_batch_size), whatever ``update_group`` is."""
+        """Weight updates per epoch: ceil(N_train / train_batch_size)."""
         return math.ceil(len(self._raw["train"][0]) / self.train_batch_size)
 
     def load_table(self, stage: str = "fit") -> Table:
@@ -356,7 +348,7 @@ class TabularDataModule(L.LightningDataModule):
             epoch=lambda: self.trainer.current_epoch,
             rank=rank,
             world_size=world,
-            group=self.hparams.update_group,
+            trained=lambda: self.trainer.fit_loop.epoch_loop.batch_progress.current.processed,
         )
 
     @override

@@ -16,12 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from logreg.errors import DataError
+
 BANKNOTE_PATH = Path(__file__).parent / "resources" / "data_banknote_authentication.txt"
 BANKNOTE_COLUMNS = ("variance", "skewness", "curtosis", "entropy", "class")
-
-
-class DataError(ValueError):
-    """The data cannot be used as given; the message says what is wrong and where."""
 
 
 @dataclass(frozen=True)

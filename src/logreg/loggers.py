@@ -1,0 +1,49 @@
+"""TensorBoard with an HPARAMS tab that compares every run, without a placeholder metric.
+
+Lightning's ``TensorBoardLogger`` fills the HPARAMS tab only together with metric values: a placeholder
+``hp_metric`` of -1, or values written at step 0 that would start every curve at a made-up point. This
+logger writes only the run's hyperparameters there; TensorBoard then offers every scalar tag of the runs
+(``val/loss``, ``val/acc``, ...) as a metric column, showing its last value.
+"""
+
+from __future__ import annotations
+
+from argparse import Namespace
+from typing import Any
+
+from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
+from lightning.pytorch.loggers import TensorBoardLogger as _TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+from torch.utils.tensorboard.summary import hparams as hparams_summary
+from typing_extensions import override
+
+
+class TensorBoardLogger(_TensorBoardLogger):
+    """Lightning's TensorBoard logger, whose ``log_hyperparams`` also fills the HPARAMS tab.
+
+    Args:
+        save_dir: Directory of the runs.
+        name: Subdirectory of this kind of run (the CLI uses the batch mode).
+        **kwargs: Any other argument of Lightning's ``TensorBoardLogger`` (``version``, ``sub_dir``, ...).
+
+    Example:
+        >>> TensorBoardLogger("runs", name="full").name
+        'full'
+    """
+
+    def __init__(self, save_dir: str, name: str = "lightning_logs", **kwargs: Any) -> None:
+        super().__init__(save_dir, name=name, default_hp_metric=False, **kwargs)
+
+    @override
+    @rank_zero_only
+    def log_hyperparams(
+        self, params: dict[str, Any] | Namespace, metrics: dict[str, Any] | None = None, step: int | None = None
+    ) -> None:
+        super().log_hyperparams(params, metrics, step)  # hparams.yaml, and the tab when metrics are given
+        if metrics is not None:
+            return
+        # Lightning's own bookkeeping entries (the CLI's instantiator) start with "_" and say nothing about the run.
+        flat = {k: v for k, v in _flatten_dict(_convert_params(params)).items() if not k.startswith("_")}
+        # Only the session start: with no experiment summary, TensorBoard builds one from all runs.
+        _, session_start, _ = hparams_summary(self._sanitize_params(flat), {})
+        self.experiment._get_file_writer().add_summary(session_start)

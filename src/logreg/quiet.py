@@ -1,0 +1,41 @@
+"""Messages a user cannot act on, silenced by their exact text, in this one place.
+
+Each entry says why it is harmless here. Anything else Lightning or PyTorch says is still shown.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+
+HARMLESS_WARNINGS = (
+    # Lightning's own pytree helper calls a torch API that torch deprecated; nothing in a user's code does.
+    re.escape(
+        "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec) and treespec.is_leaf()` instead."
+    ),
+    # The model logs the epoch's training loss (train/loss_epoch) itself, so short epochs lose no training curve.
+    r"The number of training batches \(\d+\) is smaller than the logging interval Trainer\(log_every_n_steps=\d+\)\. "
+    r"Set a lower value for log_every_n_steps if you want to see logs for the training epoch\.",
+    # A resumed run writes a new version directory on purpose, so that nothing of the earlier run is overwritten.
+    r"The dirpath has changed from '.*' to '.*', therefore `best_model_score`, `kth_best_model_path`, "
+    r"`kth_value`, `last_model_path` and `best_k_models` won't be reloaded\. Only `best_model_path` will be reloaded\.",
+)
+HARMLESS_LOG_LINES = (
+    # An advertisement for a cloud service, printed at every run.
+    "💡 Tip: For seamless cloud logging and experiment tracking, try installing [litlogger]",
+)
+
+
+class _DropLines(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(HARMLESS_LOG_LINES)
+
+
+def silence_harmless_messages() -> None:
+    """Hide the messages above; safe to call more than once."""
+    for pattern in HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropLines) for f in rank_zero_log.filters):
+        rank_zero_log.addFilter(_DropLines())
