@@ -1,4 +1,5 @@
-"""The command line: ``logreg fit | validate | test | predict``, configured by YAML through LightningCLI.
+"""The command line: ``logreg fit | validate | test | predict``, configured by YAML through LightningCLI, and
+``logreg sweep`` (a hyperparameter search, see :mod:`logreg.sweep`).
 
 Config keys are the ``__init__`` arguments of the model, the data module and the Trainer. The model is
 any LightningModule that takes ``num_features`` (``--model logreg.mlp.MLP``; default
@@ -148,6 +149,11 @@ def _causes(err: BaseException | None) -> Iterator[BaseException]:
 def main(args: list[str] | None = None) -> None:
     """Run the CLI on ``args`` (default: the command line), e.g. ``main(["fit", "--trainer.max_epochs", "5"])``."""
     try:
+        if (sys.argv[1:] if args is None else args)[:1] == ["sweep"]:  # not a Trainer method: its own parser
+            from logreg.sweep import main as sweep
+
+            sweep(None if args is None else args[1:])
+            return
         build_cli(args)
     except ArgumentError as err:
         # jsonargparse spreads a message over indented lines; one line reads better and greps.

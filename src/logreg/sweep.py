@@ -34,9 +34,8 @@ import yaml
 from jsonargparse import ArgumentParser
 from typing_extensions import override
 
-from logreg.data import ConfigError
-from logreg.datasets import DataError
 from logreg.divergence import NonFiniteLossError
+from logreg.errors import ConfigError, DataError
 
 try:
     import optuna
@@ -313,7 +312,8 @@ def open_storage(url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
                     heartbeat_stale_trial_callback=retry,
                 )
             except Exception as err:  # the drivers' errors share no base class: report any as one line
-                if attempt < 2 and "already exists" in str(err):  # two processes creating the tables at once
+                # Two processes that create the tables at once collide; the second one's retry finds them made.
+                if attempt < 2 and any(text in str(err) for text in ("already exists", "UNIQUE constraint", "locked")):
                     time.sleep(1.0)
                     continue
                 reason = _one_line(str(err).split("\n")[0] or type(err).__name__).rstrip(".")
