@@ -322,6 +322,13 @@ MISTAKES = [
         EPOCHS,
         r"space\.yaml: data\.batch_mode: the value 'fast' is not accepted: .*'minibatch'",
     ),
+    (
+        "unknown-optimizer-class",
+        "params:\n  model.optimizer: {choices: [torch.optim.Adam, torch.optim.Nope]}\n",
+        [],
+        EPOCHS,
+        r"space\.yaml: model\.optimizer: the value 'torch\.optim\.Nope' is not accepted: ",
+    ),
     ("no-params", "params: {}\n", [], EPOCHS, r"space\.yaml: params must map at least one config key"),
     (
         "unknown-sampler",
@@ -379,3 +386,14 @@ def test_the_shipped_space_names_keys_and_values_the_fit_config_accepts():
     check_space(
         space, ["--config", MINIBATCH], "configs/sweep.yaml"
     )  # builds the fit run once per value; raises if one fails
+
+
+def test_a_space_key_can_choose_the_optimizer_class(tmp_path):
+    space = Space.parse({"params": {"model.optimizer": {"choices": ["torch.optim.SGD", "torch.optim.Adam"]}}}, "s")
+    check_space(space, ["--config", MINIBATCH], "s")  # both classes build
+    (tmp_path / "space.yaml").write_text("params:\n  model.optimizer: {choices: [torch.optim.Adam]}\n")
+    (tmp_path / "short.yaml").write_text(SHORT)
+    main(sweep_args(tmp_path, tmp_path / "out", 1, fit=("--trainer.max_epochs", "1")))
+    (trial,) = load(tmp_path / "out").trials
+    config = yaml.safe_load((Path(trial.user_attrs["run_dir"]) / "config.yaml").read_text())
+    assert config["model"]["init_args"]["optimizer"]["class_path"] == "torch.optim.Adam"
