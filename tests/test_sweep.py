@@ -397,3 +397,8 @@ def test_a_space_key_can_choose_the_optimizer_class(tmp_path):
     (trial,) = load(tmp_path / "out").trials
     config = yaml.safe_load((Path(trial.user_attrs["run_dir"]) / "config.yaml").read_text())
     assert config["model"]["init_args"]["optimizer"]["class_path"] == "torch.optim.Adam"
+
+
+def test_a_range_may_be_written_as_yaml_reads_1e_3():
+    space = Space.parse(yaml.safe_load("params:\n  model.lr: {log_uniform: [1e-3, 10]}\n"), "s")  # '1e-3': a str
+    assert space.params[0].values == (0.001, 10.0)

@@ -54,8 +54,6 @@ KINDS: tuple[Kind, ...] = ("log_uniform", "uniform", "int", "choices")
 # Trials start quiet (no model summary per trial); a fit config may still turn it on.
 TRIAL_DEFAULTS = ["--trainer.enable_model_summary", "false"]
 LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")
-
-
 SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
 
 
@@ -77,8 +75,8 @@ class Param:
     """One searched config key: a range (``low``, ``high``) for the numeric kinds, or a list of choices.
 
     Example:
-        >>> Param("model.lr", "log_uniform", (0.001, 10.0)).values_to_check()
-        (0.001, 10.0)
+        >>> Param("data.batch_size", "choices", (8, 32)).suggest(optuna.trial.FixedTrial({"data.batch_size": 32}))
+        32
     """
 
     key: str
@@ -92,10 +90,6 @@ class Param:
         if self.kind == "int":
             return trial.suggest_int(self.key, *self.values)
         return trial.suggest_float(self.key, *self.values, log=self.kind == "log_uniform")
-
-    def values_to_check(self) -> tuple[Any, ...]:
-        """The values checked against the fit configuration before any trial: both bounds, or every choice."""
-        return self.values
 
 
 @dataclass(frozen=True)
@@ -167,6 +161,8 @@ def _param(key: str, spec: Any, where: str | Path) -> Param:
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{where}: {key} has no choices: give a non-empty list.")
         return Param(key, kind, tuple(values))
+    if isinstance(values, list) and kind != "int":
+        values = [_float(v) for v in values]  # YAML reads 1e-3 (no dot) as a string
     number = int if kind == "int" else (int, float)
     if (
         not isinstance(values, list)
@@ -182,6 +178,14 @@ def _param(key: str, spec: Any, where: str | Path) -> Param:
     if kind == "log_uniform" and low <= 0:
         raise ConfigError(f"{where}: {key}: log_uniform needs a positive low bound; got {low}.")
     return Param(key, kind, (low, high) if kind == "int" else (float(low), float(high)))
+
+
+def _float(value: Any) -> Any:
+    """``value`` as a float where it is a string that spells one (``"1e-3"``), else unchanged."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return float(value)
+    return value
 
 
 def cli_value(value: Any) -> str:
@@ -275,7 +279,7 @@ def check_space(space: Space, fit: Sequence[str], where: str | Path) -> None:
     except Rejected as err:
         raise ConfigError(f"the fit configuration is not accepted: {err}") from None
     for param in space.params:
-        for value in param.values_to_check():
+        for value in param.values:  # both bounds of a range, or every choice
             try:
                 build_run(fit_args(fit, {param.key: value}, "unused"))
             except Rejected as err:
