@@ -486,7 +486,7 @@ def write_figures(study: optuna.Study, space: Space, out: Path) -> list[Path]:
             axes.figure.set_size_inches(7, 4.5)
             axes.figure.tight_layout()
             with _replaced(out / name) as tmp:
-                axes.figure.savefig(tmp, dpi=100, format="png")
+                axes.figure.savefig(tmp, dpi=100, format="png", bbox_inches="tight")  # the legend sits outside
             plt.close(axes.figure)
             written.append(out / name)
     best = best_lr_per_batch_size(study)
