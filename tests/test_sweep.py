@@ -402,3 +402,20 @@ def test_a_space_key_can_choose_the_optimizer_class(tmp_path):
 def test_a_range_may_be_written_as_yaml_reads_1e_3():
     space = Space.parse(yaml.safe_load("params:\n  model.lr: {log_uniform: [1e-3, 10]}\n"), "s")  # '1e-3': a str
     assert space.params[0].values == (0.001, 10.0)
+
+
+@pytest.mark.parametrize("pruner", ["{n_startup_trials: 1}", "false"])
+def test_the_median_pruner_stops_trials_worse_than_the_finished_ones_unless_it_is_off(tmp_path, pruner):
+    # lr 0.001 is far worse than lr 5 after any epoch, so once an lr-5 trial has finished, lr-0.001 trials are
+    # pruned at their first validation, and lr-5 trials never are.
+    space = f"sampler: random\npruner: {pruner}\nparams:\n  model.lr: {{choices: [5.0, 0.001]}}\n  data.batch_size: {{choices: [64]}}\n"
+    write_inputs(tmp_path, space)
+    main(sweep_args(tmp_path, tmp_path / "out", 6, "--seed", "0", fit=("--trainer.max_epochs", "3")))
+    trials = load(tmp_path / "out").trials
+    assert [t.params["model.lr"] for t in trials] == [0.001, 5.0, 0.001, 0.001, 5.0, 5.0]  # as seed 0 draws
+    first_good = min(t.number for t in trials if t.params["model.lr"] == 5.0)
+    for t in trials:
+        pruned = pruner != "false" and t.params["model.lr"] == 0.001 and t.number > first_good
+        assert t.state == (TrialState.PRUNED if pruned else TrialState.COMPLETE), t.number
+        assert len(t.intermediate_values) == (1 if pruned else 3)
+        assert [v for _, v in scalars(Path(t.user_attrs["run_dir"]))["sweep/pruned"]] == [float(pruned)]

@@ -98,7 +98,8 @@ class Space:
 
     ``params`` maps config keys to ``{log_uniform: [low, high]}``, ``{uniform: [low, high]}``,
     ``{int: [low, high]}`` or ``{choices: [...]}``; ``minimize: TAG`` or ``maximize: TAG`` names the logged
-    metric (default ``minimize: val/loss``); ``pruner`` holds options of Optuna's ``MedianPruner``;
+    metric (default ``minimize: val/loss``); ``pruner`` holds options of Optuna's ``MedianPruner``, or is
+    ``false`` for no pruning;
     ``sampler`` is ``tpe`` (the default: trials gather where the metric is best) or ``random`` (every value gets
     its share of trials, for a fair comparison such as the best lr per batch size).
 
@@ -111,7 +112,7 @@ class Space:
     params: tuple[Param, ...]
     metric: str = DEFAULT_METRIC
     direction: Literal["minimize", "maximize"] = "minimize"
-    pruner: tuple[tuple[str, int], ...] = ()
+    pruner: tuple[tuple[str, int], ...] | None = ()  # None: no pruning
     sampler: Sampler = "tpe"
 
     @classmethod
@@ -141,15 +142,19 @@ class Space:
         params = content.get("params")
         if not isinstance(params, dict) or not params:
             raise ConfigError(f"{where}: params must map at least one config key to its range or choices.")
-        pruner = content.get("pruner") or {}
+        pruner = content.get("pruner", {})
         options = ("n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials")
-        if not isinstance(pruner, dict) or not all(k in options and isinstance(v, int) for k, v in pruner.items()):
-            raise ConfigError(f"{where}: pruner takes integer options among {', '.join(options)}; got {pruner!r}.")
+        if pruner is not False and (
+            not isinstance(pruner, dict) or not all(k in options and isinstance(v, int) for k, v in pruner.items())
+        ):
+            raise ConfigError(
+                f"{where}: pruner is false or takes integer options among {', '.join(options)}; got {pruner!r}."
+            )
         sampler = content.get("sampler", "tpe")
         if sampler not in get_args(Sampler):
             raise ConfigError(f"{where}: sampler must be one of {', '.join(get_args(Sampler))}; got {sampler!r}.")
         params = tuple(_param(str(k), v, where) for k, v in params.items())
-        return cls(params, metric, direction, tuple(pruner.items()), sampler)
+        return cls(params, metric, direction, None if pruner is False else tuple(pruner.items()), sampler)
 
 
 def _param(key: str, spec: Any, where: str | Path) -> Param:
@@ -584,7 +589,9 @@ def main(args: Sequence[str] | None = None) -> None:
             study_name=opts.study,
             storage=storage,
             sampler=SAMPLERS[space.sampler](seed=opts.seed),
-            pruner=optuna.pruners.MedianPruner(**dict(space.pruner)),
+            pruner=optuna.pruners.NopPruner()
+            if space.pruner is None
+            else optuna.pruners.MedianPruner(**dict(space.pruner)),
             direction=space.direction,
             load_if_exists=True,
         )
