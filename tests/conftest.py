@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -84,3 +86,71 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     args = ["fit", "--data.dataset", str(data), "--data.batch_mode", "full", "--model.lr", "1.0"]
     main([*args, "--trainer.max_epochs", "5", "--trainer.default_root_dir", str(root / "logs"), *QUIET])
     return {"root": root, "data": data, "ckpt": root / "logs" / "full" / "version_0" / "checkpoints" / "last.ckpt"}
+
+
+class _FullDiskFile:
+    """A file whose device fills up after ``budget`` more bytes: that much is written, then ENOSPC."""
+
+    def __init__(self, file, budget: int) -> None:
+        self._file, self._budget = file, budget
+
+    def write(self, data):
+        if len(data) > self._budget:
+            self._file.write(data[: self._budget])
+            self._budget = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._budget -= len(data)
+        return self._file.write(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self._file, name)
+
+
+@pytest.fixture
+def full_disk(monkeypatch: pytest.MonkeyPatch):
+    """Call ``fill(budget)`` to let files opened from then on (through ``os.fdopen``, as the atomic writes
+    open their temporary files) take ``budget`` more bytes each before the disk is full."""
+
+    def fill(budget: int = 100) -> None:
+        real = os.fdopen
+        monkeypatch.setattr(os, "fdopen", lambda fd, *args, **kwargs: _FullDiskFile(real(fd, *args, **kwargs), budget))
+
+    return fill
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Call ``protect(directory)`` to make it read-only: no file can be created in it.
+
+    chmod does the job for a normal user. Root (CI containers, this project's test machines) ignores
+    permission bits, so there creating a file in the directory fails as the kernel would fail it for
+    anyone else: ``os.open(..., O_CREAT)`` and ``os.mkdir`` raise PermissionError (EACCES).
+    """
+    protected: list[Path] = []
+
+    def protect(directory: Path) -> None:
+        directory.chmod(0o555)
+        protected.append(directory.resolve())
+        if os.geteuid() != 0 or len(protected) > 1:
+            return
+        real_open, real_mkdir = os.open, os.mkdir
+
+        def refuse(path) -> None:
+            if Path(path).resolve().parent in protected:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+        def guarded_open(path, flags, *args, **kwargs):
+            if flags & os.O_CREAT:
+                refuse(path)
+            return real_open(path, flags, *args, **kwargs)
+
+        def guarded_mkdir(path, *args, **kwargs):
+            refuse(path)
+            return real_mkdir(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", guarded_open)
+        monkeypatch.setattr(os, "mkdir", guarded_mkdir)
+
+    yield protect
+    for directory in protected:
+        directory.chmod(0o755)  # so pytest can remove it

@@ -7,7 +7,7 @@ from logreg.benchmark import main
 
 
 @pytest.mark.slow
-def test_benchmark_runs_all_four_paths_on_tiny_data_and_writes_consistent_json(tmp_path, capsys):
+def test_benchmark_runs_all_five_paths_on_tiny_data_and_writes_consistent_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     main(
         [
@@ -34,7 +34,8 @@ def test_benchmark_runs_all_four_paths_on_tiny_data_and_writes_consistent_json(t
     assert modes["minibatch"]["updates_per_epoch"] == math.ceil(n_train / 64)
     assert modes["example"]["updates_per_epoch"] == n_train
     for r in modes.values():
-        assert all(len(r["samples"][path]) == 1 for path in ("project", "bare", "hand", "naive"))
+        assert all(len(r["samples"][path]) == 1 for path in ("project", "bare", "bare_callbacks", "hand", "naive"))
+        assert r["callbacks"] == 6  # progress bar, two checks (loss, signals), config, best and last checkpoints
         assert r["project_over_bare"] == pytest.approx(r["project_s"] / r["bare_s"])
         assert r["project_over_hand"] == pytest.approx(r["project_s"] / r["hand_s"])
         assert r["naive_over_project"] == pytest.approx(r["naive_s"] / r["project_s"])

@@ -1,8 +1,17 @@
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 from jsonargparse import Namespace
 
-from logreg.checkpoint import configure_columns, find_last_checkpoint, read_checkpoint
+from logreg.checkpoint import (
+    choose_last_checkpoint,
+    claim_version,
+    configure_columns,
+    find_last_checkpoint,
+    read_checkpoint,
+)
 from logreg.datasets import DataError
 
 
@@ -11,22 +20,47 @@ def test_read_checkpoint_returns_the_model_size_and_the_training_columns(trained
     assert (saved.num_features, saved.feature_names, saved.label_name) == (3, ["a", "b", "c"], "label")
 
 
-def test_last_checkpoint_is_the_highest_version_number_not_the_last_name(tmp_path):
-    for version in (2, 9, 10):
-        (tmp_path / f"version_{version}" / "checkpoints").mkdir(parents=True)
-        (tmp_path / f"version_{version}" / "checkpoints" / "last.ckpt").touch()
-    (tmp_path / "version_11").mkdir()  # a run that failed before its first checkpoint
-    assert find_last_checkpoint(tmp_path) == tmp_path / "version_10" / "checkpoints" / "last.ckpt"
+def fake_last(runs, version: int, epoch: int, step: int, mtime: int = 1_000_000) -> None:
+    """A ``version_N/checkpoints/last.ckpt`` holding only the progress counters, written at ``mtime``."""
+    path = runs / f"version_{version}" / "checkpoints" / "last.ckpt"
+    path.parent.mkdir(parents=True)
+    torch.save({"epoch": epoch, "global_step": step}, path)
+    os.utime(path, (mtime, mtime))
+
+
+def test_last_checkpoint_is_the_one_with_the_most_training_progress(tmp_path):
+    fake_last(tmp_path, 3, epoch=16, step=17, mtime=1_000)  # a long run, killed
+    fake_last(tmp_path, 4, epoch=2, step=3, mtime=2_000)  # a short run started and finished after it
+    (tmp_path / "version_5" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "version_5" / "checkpoints" / "last.ckpt").write_bytes(b"truncated by a crash")
+    (tmp_path / "version_6").mkdir()  # a run that failed before its first checkpoint
+    chosen = choose_last_checkpoint(tmp_path)
+    assert (chosen.path, chosen.epoch, chosen.global_step) == (tmp_path / "version_3/checkpoints/last.ckpt", 16, 17)
+    assert find_last_checkpoint(tmp_path) == chosen.path
+    assert chosen.describe() == (
+        f"--ckpt_path last: resuming from {chosen.path} (epoch 16, step 17), the most training progress among 3 "
+        f"runs; skipped 1 unreadable: {tmp_path}/version_5/checkpoints/last.ckpt."
+    )
+
+
+def test_of_equal_progress_the_newest_checkpoint_wins_then_the_highest_version(tmp_path):
+    fake_last(tmp_path, 2, epoch=4, step=40, mtime=3_000)
+    fake_last(tmp_path, 9, epoch=4, step=40, mtime=2_000)
+    fake_last(tmp_path, 10, epoch=3, step=40, mtime=9_000)  # same step count, fewer epochs (larger batches)
+    assert find_last_checkpoint(tmp_path) == tmp_path / "version_2" / "checkpoints" / "last.ckpt"
+    os.utime(tmp_path / "version_9" / "checkpoints" / "last.ckpt", (3_000, 3_000))
+    assert find_last_checkpoint(tmp_path) == tmp_path / "version_9" / "checkpoints" / "last.ckpt"
     with pytest.raises(DataError, match=r"no last\.ckpt under"):
         find_last_checkpoint(tmp_path / "empty")
 
 
-def test_columns_come_from_the_checkpoint_and_the_label_only_when_not_given(trained):
+def test_the_data_configuration_points_at_the_checkpoint_for_its_columns(trained):
     saved = read_checkpoint(trained["ckpt"])
-    data = Namespace(feature_columns=None, label_column=None)
+    data = Namespace(feature_columns=None, label_column=None, columns_from=None)
     configure_columns(data, saved)
-    assert (data.feature_columns, data.label_column) == (["a", "b", "c"], "label")
-    data = Namespace(feature_columns=["a", "b", "c"], label_column="target")
+    # The names stay in the checkpoint, out of the parsed configuration; the data module reads them there.
+    assert (data.feature_columns, data.label_column, data.columns_from) == (None, None, str(trained["ckpt"]))
+    data = Namespace(feature_columns=["a", "b", "c"], label_column="target", columns_from=None)
     configure_columns(data, saved)
     assert data.label_column == "target"  # the label's name does not change the model
 
@@ -35,6 +69,36 @@ def test_a_checkpoint_without_column_names_leaves_the_columns_to_the_file(traine
     old = torch.load(trained["ckpt"], weights_only=True)
     del old["TabularDataModule"]["feature_names"]
     torch.save(old, tmp_path / "old.ckpt")
-    data = Namespace(feature_columns=None, label_column=None)
+    data = Namespace(feature_columns=None, label_column=None, columns_from=None)
     configure_columns(data, read_checkpoint(tmp_path / "old.ckpt"))
-    assert data.feature_columns is None
+    assert data.feature_columns is None and data.columns_from is None
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [("state_dict", "linear.weight", float("nan")), ("TabularDataModule", "std", float("inf"))],
+)
+def test_a_checkpoint_with_non_finite_values_is_refused_naming_them(trained, tmp_path, section, key, value):
+    broken = torch.load(trained["ckpt"], weights_only=True)
+    broken[section][key][..., 0] = value
+    torch.save(broken, tmp_path / "diverged.ckpt")
+    what = "weights" if section == "state_dict" else "standardisation statistics"
+    with pytest.raises(DataError) as error:
+        read_checkpoint(tmp_path / "diverged.ckpt")
+    assert str(error.value) == (
+        f"{tmp_path}/diverged.ckpt: its {what} hold non-finite values ({key} has {value}), so every prediction "
+        "would be nan; use a checkpoint saved before the values became non-finite, or retrain."
+    )
+
+
+def test_read_checkpoint_reports_the_training_progress(trained):
+    saved = read_checkpoint(trained["ckpt"])  # 5 full-batch epochs: one update each
+    assert (saved.epochs_done, saved.global_step) == (5, 5)
+
+
+def test_concurrent_claims_never_share_a_version(tmp_path):
+    (tmp_path / "version_3").mkdir()  # an earlier run; numbering continues above it
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        versions = list(pool.map(lambda _: claim_version(tmp_path), range(40)))
+    assert sorted(versions) == list(range(4, 44))
+    assert sorted(int(p.name.split("_")[1]) for p in tmp_path.iterdir()) == list(range(3, 44))

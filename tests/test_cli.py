@@ -230,3 +230,69 @@ def test_resuming_halfway_ends_bit_identical_to_training_straight_through(tmp_pa
     # the resumed run logs only the second half; its final values equal the straight run's, step for step
     for tag, series in straight_logged.items():
         assert resumed_logged[tag][-1] == series[-1], tag
+
+
+def test_ckpt_path_last_resumes_the_run_with_the_most_progress_and_says_which(tmp_path, capsys):
+    args = ("--data.batch_mode", "full")
+    fit(tmp_path, *args, "--trainer.max_epochs", "6")  # version_0: a longer run
+    fit(tmp_path, *args, "--trainer.max_epochs", "3")  # version_1: newer, but shorter
+    capsys.readouterr()
+    fit(tmp_path, *args, "--trainer.max_epochs", "8", "--ckpt_path", "last")
+    chosen = tmp_path / "full" / "version_0" / "checkpoints" / "last.ckpt"
+    assert (
+        f"--ckpt_path last: resuming from {chosen} (epoch 6, step 6), the most training progress among 2 runs."
+        in capsys.readouterr().err.splitlines()
+    )
+    resumed = torch.load(tmp_path / "full" / "version_2" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (resumed["epoch"], resumed["global_step"]) == (8, 8)  # 6 epochs from version_0, then 2 more
+
+
+def test_resuming_with_no_epochs_left_ends_in_one_line_and_leaves_no_run_directory(tmp_path):
+    fit(tmp_path, "--data.batch_mode", "full", "--trainer.max_epochs", "5")
+    ckpt = tmp_path / "full" / "version_0" / "checkpoints" / "last.ckpt"
+    with pytest.raises(SystemExit) as exit_info:
+        fit(tmp_path, "--data.batch_mode", "full", "--trainer.max_epochs", "5", "--ckpt_path", "last")
+    assert exit_info.value.code == (
+        f"error: --trainer.max_epochs 5 leaves nothing to train: the checkpoint {ckpt} has done 5 epochs already; "
+        "pass a larger value, e.g. --trainer.max_epochs 10."
+    )
+    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["version_0"]
+
+
+def test_a_full_disk_during_fit_names_the_checkpoint_and_keeps_the_earlier_one(tmp_path, full_disk, monkeypatch):
+    from logreg.atomic import AtomicFile
+
+    opened = 0
+    real_init = AtomicFile.__init__
+
+    def counting_init(self, *args, **kwargs):  # the disk fills up after the first checkpoint
+        nonlocal opened
+        opened += 1
+        if opened == 2:
+            full_disk(budget=200)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(AtomicFile, "__init__", counting_init)
+    with pytest.raises(SystemExit) as exit_info:
+        fit(tmp_path, "--data.batch_mode", "full", "--trainer.max_epochs", "3")
+    checkpoints = tmp_path / "full" / "version_0" / "checkpoints"
+    assert exit_info.value.code == (
+        f"error: {checkpoints / 'best-epoch1.ckpt'}: cannot write this checkpoint (No space left on device); "
+        "nothing was replaced, earlier files are intact."
+    )
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best-epoch0.ckpt"]  # whole, no temporary file
+    assert torch.load(checkpoints / "best-epoch0.ckpt", weights_only=True)["epoch"] == 0
+
+
+def test_predict_keeps_the_checkpoints_column_names_out_of_the_parsed_configuration(tmp_path):
+    fit(tmp_path, "--data.batch_mode", "full", "--trainer.max_epochs", "1")
+    ckpt = tmp_path / "full" / "version_0" / "checkpoints" / "last.ckpt"
+    out = tmp_path / "p.csv"
+    args = ["predict", *TINY, *QUIET, "--ckpt_path", str(ckpt), "--trainer.default_root_dir", str(tmp_path)]
+    cli = build_cli([*args, "--prediction.output", str(out)])
+    # The argument parser copies a list value once per element whenever it checks the configuration: with
+    # 10,000 column names that made predict take minutes. The names are read from the checkpoint instead.
+    assert cli.config.predict.data.feature_columns is None
+    assert cli.config.predict.data.columns_from == str(ckpt)
+    assert cli.datamodule.feature_names == ["x0", "x1", "x2"] and cli.model.hparams.num_features == 3
+    assert len(out.read_text().splitlines()) == 201  # and the predictions are written, one per row

@@ -1,7 +1,17 @@
+import gzip
+
 import pytest
 import torch
 
-from logreg.datasets import DataError, find_columns, load_banknote, make_synthetic, read_csv, select_features
+from logreg.datasets import (
+    DataError,
+    find_columns,
+    load_banknote,
+    make_synthetic,
+    read_csv,
+    read_header,
+    select_features,
+)
 
 
 def test_banknote_is_embedded_with_its_published_shape_and_balance():
@@ -62,3 +72,59 @@ def test_embedded_and_synthetic_tables_select_features_by_name():
         DataError, match=r"synthetic: column 'x3' is neither one of the model's features nor the label column 'y'"
     ):
         select_features(make_synthetic(5, 4, 0.5, seed=0), "synthetic", ["x0", "x1", "x2"])
+
+
+# --- files that are not plain UTF-8 CSV, and values that do not fit the model -----------------------------
+
+NOT_UTF8_CSV = [
+    (
+        "latin-1",
+        "a,b,label\n1,2,0\n3,4,1\nça,5,0\n".encode("latin-1"),
+        r"f\.csv: is not UTF-8 text \(byte 0xe7 on line 4, as Latin-1 or Windows-1252 files have\); save it as UTF-8",
+    ),
+    ("latin-1-header", "café,b,label\n1,2,0\n".encode("latin-1"), r"f\.csv: is not UTF-8 text \(byte 0xe9 on line 1"),
+    ("utf-16", "a,b,label\n1,2,0\n".encode("utf-16"), r"f\.csv: is UTF-16 text; save it as UTF-8"),
+    ("utf-16-no-bom", "a,b,label\n1,2,0\n".encode("utf-16-le"), r"f\.csv: holds NUL bytes, so it is UTF-16 text"),
+    ("gzip", gzip.compress(b"a,b,label\n1,2,0\n"), r"f\.csv: is a gzip-compressed file; decompress it first"),
+    (
+        "digit-separator",
+        b"a,b,label\n1,2,0\n1_000,2,1\n",
+        r"f\.csv: column 'a' holds '1_000' on line 3; write numbers without digit separators \(1000, not 1_000\)\.",
+    ),
+    (
+        "beyond-float32",
+        b"a,b,label\n1,2,0\n3,1e39,1\n",
+        r"f\.csv: column 'b' holds 1e\+39 on line 3, beyond float32's range \(magnitude at most 3\.4e\+38\)",
+    ),
+    (
+        "beyond-float32-negative",
+        b"a,b,label\n1,2,0\n-3.5e38,1,1\n",
+        r"f\.csv: column 'a' holds -3\.5e\+38 on line 3, beyond float32's range",
+    ),
+]
+
+
+@pytest.mark.parametrize(("raw", "message"), [c[1:] for c in NOT_UTF8_CSV], ids=[c[0] for c in NOT_UTF8_CSV])
+@pytest.mark.parametrize("need_label", [True, False], ids=["fit", "predict"])
+def test_files_that_are_not_utf8_numeric_csv_are_named_in_one_sentence(tmp_path, raw, message, need_label):
+    path = tmp_path / "f.csv"
+    path.write_bytes(raw)
+    with pytest.raises(DataError, match=message) as error:
+        read_csv(path, "label", None if need_label else ["a", "b"], need_label=need_label)
+    assert "\n" not in str(error.value)
+
+
+def test_quoted_numbers_are_numbers(tmp_path):
+    path = tmp_path / "q.csv"
+    path.write_text('a,"b",label\n"-0.045",2,"0"\n3,"4.5",1\n')  # valid CSV: any field may be quoted
+    table = read_csv(path)
+    assert table.feature_names == ("a", "b")
+    assert table.x.tolist() == [[pytest.approx(-0.045), 2.0], [3.0, 4.5]] and table.y.tolist() == [0.0, 1.0]
+
+
+def test_a_utf8_byte_order_mark_is_not_part_of_the_first_column_name(tmp_path):
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbfa,b,label\n1,2,0\n3,4,1\n")  # what Excel's "CSV UTF-8" writes
+    assert read_header(path) == ["a", "b", "label"]
+    table = read_csv(path, feature_columns=["a", "b"])
+    assert table.feature_names == ("a", "b") and table.x.tolist() == [[1.0, 2.0], [3.0, 4.0]]

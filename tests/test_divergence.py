@@ -51,7 +51,7 @@ def test_training_stops_naming_the_first_non_finite_step(
     )
     with pytest.raises(
         NonFiniteLossError,
-        match=rf"the loss became inf at epoch {epoch}, step {bad_step} \(batch {batch} of the epoch\), with learning rate 0\.1;",
+        match=rf"the loss became inf at epoch {epoch}, step {bad_step} \(batch {batch} of the epoch\), under SGD with lr 0\.1, momentum 0;",
     ):
         trainer.fit(DivergesAt(bad_step, num_features=3), datamodule=dm)
     logged = scalars(tmp_path)

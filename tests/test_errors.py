@@ -1,5 +1,6 @@
 """Every mistake in the issue's catalogue ends, through the CLI, in one line naming what and where, exit != 0."""
 
+import gzip
 import hashlib
 import math
 import re
@@ -110,6 +111,62 @@ def test_bad_data_files(tmp_path, capsys, files, extra, message):
     assert re.search(message, line), line
 
 
+# (id, file bytes, expected message as a regex); the same file given to fit and to predict
+FILE_CASES = [
+    (
+        "latin-1",
+        "a,b,c,label\n1,2,3,0\n4,5,6é,1\n".encode("latin-1"),
+        r"d\.csv: is not UTF-8 text \(byte 0xe9 on line 3",
+    ),
+    ("utf-16", "a,b,c,label\n1,2,3,0\n".encode("utf-16"), r"d\.csv: is UTF-16 text; save it as UTF-8"),
+    ("gzip", gzip.compress(b"a,b,c,label\n1,2,3,0\n"), r"d\.csv: is a gzip-compressed file; decompress it first"),
+    ("digit-separator", b"a,b,c,label\n1,2,3,0\n1_000,2,3,1\n", r"d\.csv: column 'a' holds '1_000' on line 3;"),
+    (
+        "beyond-float32",
+        b"a,b,c,label\n1,2,3,0\n1,1e39,3,1\n",
+        r"d\.csv: column 'b' holds 1e\+39 on line 3, beyond float32",
+    ),
+]
+
+
+@pytest.mark.parametrize(("raw", "message"), [c[1:] for c in FILE_CASES], ids=[c[0] for c in FILE_CASES])
+@pytest.mark.parametrize("command", ["fit", "predict"])
+def test_files_that_are_not_numeric_utf8_csv(trained, tmp_path, capsys, raw, message, command):
+    (tmp_path / "d.csv").write_bytes(raw)
+    data = tmp_path / "d.csv"
+    args = (
+        fit_args(tmp_path, "--data.dataset", str(data))
+        if command == "fit"
+        else predict_args(trained["ckpt"], data, tmp_path)
+    )
+    code, line = run(args, capsys)
+    assert code == 1
+    assert re.search(message, line), line
+    if command == "predict":
+        assert not (tmp_path / "logs" / "predict" / "version_0" / "d.predictions.csv").exists()
+
+
+def test_predict_reads_quoted_numbers_and_a_byte_order_mark_like_plain_csv(trained, tmp_path):
+    x = torch.tensor([[0.5, -1.25, -3.0], [-0.045, 2.0, -2.5]])
+    plain, odd = tmp_path / "plain.csv", tmp_path / "odd.csv"
+    plain.write_text("a,b,c\n" + "".join(",".join(f"{v:g}" for v in row) + "\n" for row in x.tolist()))
+    odd.write_bytes(
+        b"\xef\xbb\xbf" + ("a,b,c\n" + "".join(",".join(f'"{v:g}"' for v in row) + "\n" for row in x.tolist())).encode()
+    )
+    for name in ("plain", "odd"):
+        main(
+            predict_args(
+                trained["ckpt"],
+                tmp_path / f"{name}.csv",
+                tmp_path,
+                "--prediction.output",
+                str(tmp_path / f"{name}.out"),
+            )
+        )
+    assert (tmp_path / "odd.out").read_text() == (tmp_path / "plain.out").read_text()
+    assert len((tmp_path / "odd.out").read_text().splitlines()) == 3
+
+
 ARGUMENT_CASES = [
     ("batch-size-zero", ["--data.batch_size", "0"], r"batch_size must be a positive number of rows; got 0\."),
     ("batch-size-negative", ["--data.batch_size", "-5"], r"batch_size must be a positive number of rows; got -5\."),
@@ -142,7 +199,118 @@ ARGUMENT_CASES = [
     ),
     ("lr-negative", ["--model.lr", "-0.1"], r"lr must be positive and at most 3\.4e\+38; got -0\.1\."),
     ("lr-overflowing-float32", ["--model.lr", "1e39"], r"lr must be positive and at most 3\.4e\+38; got 1e\+39\."),
+    (
+        "data-seed-beyond-64-bits",
+        ["--data.seed", "99999999999999999999"],
+        r"seed must lie between 0 and 4294967295; got 99999999999999999999\.",
+    ),
+    (
+        "label-column-for-banknote",
+        ["--data.label_column", "target"],
+        r"label_column names a column of a CSV file; the banknote data's label column is 'class', got 'target'\.",
+    ),
+    (
+        "optimizer-option-torch-refuses",
+        ["--model.optimizer.momentum", "-1"],
+        r"--model\.optimizer torch\.optim\.SGD refuses its options: Invalid momentum value: -1\.0 \(they are set as "
+        r"--model\.optimizer\.<option>; the learning rate is --model\.lr, 0\.1 here\)\.",
+    ),
 ]
+
+# Trainer flags Lightning would accept and then fail on with a traceback, or misread: exit 2, as the command line's.
+TRAINER_FLAG_CASES = [
+    (
+        "log-every-zero",
+        ["--trainer.log_every_n_steps", "0"],
+        r"--trainer\.log_every_n_steps must be 1 or more; got 0\.",
+    ),
+    (
+        "max-epochs-negative",
+        ["--trainer.max_epochs", "-5"],
+        r"--trainer\.max_epochs must be a positive number, or -1 for no limit; got -5\.",
+    ),
+    (
+        "devices-zero",
+        ["--trainer.devices", "0"],
+        r"--trainer\.devices must be a positive number of devices, -1 \(all of them\) or auto; got 0\.",
+    ),
+    (
+        "seed-negative",
+        ["--seed_everything", "-3"],
+        r"--seed_everything must lie between 0 and 4294967295, or be true for a random seed; got -3\.",
+    ),
+    (
+        "unknown-strategy",
+        ["--trainer.strategy", "nonsense"],
+        r"--trainer: You selected an invalid strategy name: `strategy='nonsense'`\.",
+    ),
+    pytest.param(
+        "gpu-without-one",
+        ["--trainer.accelerator", "gpu"],
+        r"--trainer\.accelerator gpu: this machine has no usable CUDA GPU .*; use --trainer\.accelerator cpu or auto\.",
+        marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU"),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "extra", "message"), TRAINER_FLAG_CASES, ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_trainer_flags_that_cannot_run_end_in_one_line_with_code_2(tmp_path, capsys, name, extra, message):
+    code, line = run(fit_args(tmp_path, *extra), capsys)
+    assert code == 2
+    assert re.search(message, line), line
+    assert not (tmp_path / "logs").exists()
+
+
+def test_a_validation_interval_longer_than_an_epoch(tmp_path, capsys):
+    code, line = run(fit_args(tmp_path, "--trainer.val_check_interval", "500"), capsys)
+    assert (code, line) == (
+        1,
+        "error: --trainer.val_check_interval 500 is more than the 26 training batches of an epoch; pass at most "
+        "that many, a fraction of an epoch such as 0.5, or add --trainer.check_val_every_n_epoch null to count "
+        "batches across epochs.",
+    )
+
+
+def test_rerunning_without_a_logger_into_the_same_directory_keeps_both_runs(tmp_path):
+    args = fit_args(tmp_path, "--data.batch_mode", "full", "--trainer.logger", "false", "--trainer.max_epochs", "1")
+    main(args)
+    first = fingerprint(tmp_path / "logs" / "full" / "version_0")
+    main(args)  # Lightning's SaveConfigCallback refused: config.yaml already existed
+    assert fingerprint(tmp_path / "logs" / "full" / "version_0") == first
+    assert {"config.yaml", "checkpoints/last.ckpt"} <= set(fingerprint(tmp_path / "logs" / "full" / "version_1"))
+
+
+@pytest.mark.parametrize("command", ["validate", "test"])
+def test_evaluating_needs_a_checkpoint(tmp_path, capsys, command):
+    code, line = run([command, *QUIET, "--trainer.default_root_dir", str(tmp_path / "logs")], capsys)
+    assert (code, line) == (
+        1,
+        f"error: {command} needs a trained model: pass --ckpt_path CHECKPOINT (or --ckpt_path last).",
+    )
+    assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("command", ["validate", "test"])
+def test_evaluating_a_checkpoint_writes_its_metrics_to_a_run_of_its_own(trained, tmp_path, command):
+    logs = tmp_path / "logs"
+    shutil.copytree(trained["root"] / "logs", logs)
+    args = [command, "--ckpt_path", "last", "--data.batch_mode", "full", "--data.dataset", str(trained["data"])]
+    main([*args, *QUIET, "--trainer.default_root_dir", str(logs)])
+    main([*args, *QUIET, "--trainer.default_root_dir", str(logs)])
+    runs = sorted((logs / command).iterdir())
+    assert [r.name for r in runs] == ["version_0", "version_1"]  # nothing else, no empty directory
+    stage = "val" if command == "validate" else "test"
+    trained_val_loss = scalars(logs / "full" / "version_0")["val/loss"][-1][1]  # after the last epoch
+    for run_dir in runs:
+        logged = scalars(run_dir)
+        assert {f"{stage}/{m}" for m in ("loss", "acc", "auroc", "f1")} <= logged.keys()
+        loss = logged[f"{stage}/loss"][0][1]
+        assert loss < math.log(2) - 0.1  # the trained weights, not the untrained zeros (loss ln 2)
+        if command == "validate":
+            assert loss == pytest.approx(trained_val_loss, abs=1e-6)  # last.ckpt's weights on the same split
+    assert sorted(p.name for p in (logs / "full").iterdir()) == ["version_0"]  # the training runs, untouched
 
 
 @pytest.mark.parametrize(("extra", "message"), [c[1:] for c in ARGUMENT_CASES], ids=[c[0] for c in ARGUMENT_CASES])
@@ -153,6 +321,18 @@ def test_bad_arguments_fail_before_any_run_directory_is_made(tmp_path, capsys, e
     assert not (tmp_path / "logs").exists()
 
 
+def test_a_momentum_that_makes_the_loss_diverge_is_named_with_the_learning_rate(tmp_path, capsys):
+    args = ["--model.optimizer.momentum", "5", "--trainer.max_epochs", "10"]  # 5^t overflows float32 by t = 56
+    code, line = run(fit_args(tmp_path, *args), capsys)
+    assert code == 1
+    assert re.fullmatch(
+        r"error: training stopped: the loss became (nan|inf) at epoch \d+, step \d+ \(batch \d+ of the epoch\), "
+        r"under SGD with lr 0\.1, momentum 5; the updates grew without bound, which a smaller learning rate or "
+        r"momentum, or features on a smaller scale, prevent\.",
+        line,
+    ), line
+
+
 def test_a_learning_rate_that_makes_the_loss_infinite_stops_training_naming_epoch_and_step(tmp_path, capsys):
     data = ["--data.dataset", "synthetic", "--data.synthetic_rows", "200", "--data.synthetic_features", "3"]
     args = [*data, "--data.batch_mode", "minibatch", "--data.batch_size", "10", "--trainer.log_every_n_steps", "1"]
@@ -160,7 +340,8 @@ def test_a_learning_rate_that_makes_the_loss_infinite_stops_training_naming_epoc
     assert code == 1
     found = re.fullmatch(
         r"error: training stopped: the loss became inf at epoch 0, step (\d+) \(batch (\d+) of the epoch\), "
-        r"with learning rate 1e\+38; a smaller learning rate usually keeps it finite\.",
+        r"under SGD with lr 1e\+38, momentum 0; the updates grew without bound, which a smaller learning rate or "
+        r"momentum, or features on a smaller scale, prevent\.",
         line,
     )
     assert found, line
@@ -369,3 +550,13 @@ def test_every_fit_writes_a_new_version_and_leaves_the_others(tmp_path):
     names = {name for name in before if "events" not in name}  # event file names carry a time stamp
     assert names <= fingerprint(tmp_path / "logs" / "full" / "version_1").keys()
     assert "checkpoints/last.ckpt" in names
+
+
+def test_a_read_only_log_directory_is_named_in_one_line_and_earlier_runs_kept(
+    earlier_run, tmp_path, capsys, read_only_dir
+):
+    before = fingerprint(earlier_run)
+    read_only_dir(earlier_run / "full")
+    code, line = run(fit_args(tmp_path, "--data.batch_mode", "full"), capsys)
+    assert (code, line) == (1, f"error: {earlier_run / 'full' / 'version_1'}: Permission denied.")
+    assert fingerprint(earlier_run) == before

@@ -185,7 +185,8 @@ def test_a_checkpoint_every_n_training_steps(tmp_path):
     assert saved == ["step=10.ckpt", "step=15.ckpt", "step=5.ckpt"]
 
 
-def test_lr_find_sweeps_real_learning_rates_and_its_suggestion_is_used():
+def test_lr_find_sweeps_real_learning_rates_and_its_suggestion_is_used(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # lr_find keeps a temporary checkpoint in the working directory
     dm = TabularDataModule(dataset="synthetic", synthetic_rows=200, synthetic_features=3, batch_size=16)
     model = LogisticRegression(num_features=3)
     trainer = L.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False)
@@ -201,7 +202,8 @@ def test_lr_find_sweeps_real_learning_rates_and_its_suggestion_is_used():
     assert trainer.optimizers[0].param_groups[0]["lr"] == suggestion
 
 
-def test_a_plain_trainer_without_the_cli():
+def test_a_plain_trainer_without_the_cli(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the recipe writes its checkpoints under the working directory
     # the README's recipe, word for word
     data = TabularDataModule(batch_mode="minibatch", batch_size=32)
     model = MLP(num_features=4, hidden=8, lr=0.5, optimizer=torch.optim.Adam)

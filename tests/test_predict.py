@@ -136,3 +136,67 @@ def test_the_threshold_sets_the_predicted_class(trained, tmp_path):
     _, probs, preds = read_output(out)
     assert preds.tolist() == (probs >= cut).astype(int).tolist()
     assert 10 < preds.sum() < 50
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_before_any_file_is_written(trained, tmp_path):
+    diverged = torch.load(trained["ckpt"], weights_only=True)
+    diverged["state_dict"]["linear.weight"][0, 1] = float("nan")
+    torch.save(diverged, tmp_path / "diverged.ckpt")
+    with pytest.raises(SystemExit) as exit_info:
+        predict_with(
+            tmp_path / "diverged.ckpt", trained["data"], tmp_path, "--prediction.output", str(tmp_path / "p.csv")
+        )
+    assert exit_info.value.code == (
+        f"error: {tmp_path}/diverged.ckpt: its weights hold non-finite values (linear.weight has nan), so every "
+        "prediction would be nan; use a checkpoint saved before the values became non-finite, or retrain."
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["diverged.ckpt"]  # no output, no run directory
+
+
+def test_a_read_only_output_directory_is_named_in_one_line(trained, tmp_path, read_only_dir):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "earlier.csv").write_text("keep me\n")
+    read_only_dir(out_dir)
+    with pytest.raises(SystemExit) as exit_info:
+        predict_with(trained["ckpt"], trained["data"], tmp_path, "--prediction.output", str(out_dir / "p.csv"))
+    assert exit_info.value.code == (
+        f"error: {out_dir / 'p.csv'}: cannot write this predictions file (Permission denied); nothing was "
+        "replaced, earlier files are intact."
+    )
+    assert sorted(p.name for p in out_dir.iterdir()) == ["earlier.csv"]
+    assert (out_dir / "earlier.csv").read_text() == "keep me\n"
+
+
+def test_a_full_disk_while_predicting_leaves_no_partial_file(trained, tmp_path, full_disk):
+    out = tmp_path / "out" / "p.csv"
+    full_disk(budget=500)  # the header and a few rows fit, not all 60
+    with pytest.raises(SystemExit) as exit_info:
+        predict_with(trained["ckpt"], trained["data"], tmp_path, "--prediction.output", str(out))
+    assert exit_info.value.code == (
+        f"error: {out}: cannot write this predictions file (No space left on device); nothing was replaced, "
+        "earlier files are intact."
+    )
+    assert list(out.parent.iterdir()) == []
+
+
+def test_two_predictions_to_one_output_never_replace_each_others_file(trained, tmp_path, monkeypatch):
+    from logreg.predict import PredictionWriter
+
+    out = tmp_path / "p.csv"
+    finish = PredictionWriter.on_predict_end
+
+    def another_run_finishes_first(self, trainer, pl_module):
+        out.write_text("the other run's predictions\n")  # it started after this run checked the name was free
+        finish(self, trainer, pl_module)
+
+    monkeypatch.setattr(PredictionWriter, "on_predict_end", another_run_finishes_first)
+    with pytest.raises(SystemExit) as exit_info:
+        predict_with(trained["ckpt"], trained["data"], tmp_path, "--prediction.output", str(out))
+    message = str(exit_info.value.code)
+    assert message.startswith(
+        f"error: {out}: appeared while writing and is left as it was; this run's predictions file is in "
+    )
+    assert out.read_text() == "the other run's predictions\n"
+    kept = Path(message.rsplit(" is in ", 1)[1].rstrip("."))
+    assert kept.parent == tmp_path and read_output(kept)[0].tolist() == list(range(60))  # this run's rows, whole

@@ -1,16 +1,25 @@
 """logreg: the three variants of gradient descent on logistic regression, as a PyTorch Lightning template."""
 
-from logreg.data import TabularDataModule, TensorBatches
-from logreg.errors import ConfigError, DataError
-from logreg.mlp import MLP
-from logreg.model import BinaryClassifier, LogisticRegression
+from __future__ import annotations
 
-__all__ = [
-    "MLP",
-    "BinaryClassifier",
-    "ConfigError",
-    "DataError",
-    "LogisticRegression",
-    "TabularDataModule",
-    "TensorBatches",
-]
+import importlib
+from typing import Any
+
+# Imported on first use, so `logreg` (the command) starts without loading torch until it needs to, and
+# Ctrl+C while it loads ends without a traceback (see logreg.launch).
+_EXPORTS = {
+    "MLP": "logreg.mlp",
+    "BinaryClassifier": "logreg.model",
+    "ConfigError": "logreg.errors",
+    "DataError": "logreg.errors",
+    "LogisticRegression": "logreg.model",
+    "TabularDataModule": "logreg.data",
+    "TensorBatches": "logreg.data",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'logreg' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -1,3 +1,3 @@
-from logreg.cli import main
+from logreg.launch import main
 
 main()

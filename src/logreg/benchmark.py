@@ -4,6 +4,8 @@
   logging, progress bar and checkpointing (validation off for the timing);
 - ``bare``: the framework's floor: a Trainer with no logger, callbacks or metrics, running a LightningModule
   whose ``training_step`` only returns the loss, over the same tensor slices (``TensorBatches``);
+- ``bare_callbacks``: ``bare`` with as many callbacks as ``logreg fit`` has, all empty: Lightning calls every
+  callback at every hook of every step, so this is the floor for a Trainer with that many callbacks;
 - ``hand``: a hand-written PyTorch loop: per-epoch shuffle, then a slice per step and
   ``zero_grad / forward / BCE-with-logits / backward / step``;
 - ``naive``: the Lightning template as often written: ``DataLoader(TensorDataset(x, y))`` and ``self.log``
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
@@ -161,9 +164,10 @@ def time_hand_written(
 
 
 def _time_lightning(
-    model: L.LightningModule, batches: Any, epochs: int, device: str, **trainer_args: Any
+    model: L.LightningModule, batches: Any, epochs: int, device: str, callbacks: int = 0, **trainer_args: Any
 ) -> list[float]:
-    """Epoch seconds of ``Trainer.fit`` of ``model`` on ``batches``, with the epoch timer as its callback."""
+    """Epoch seconds of ``Trainer.fit`` of ``model`` on ``batches``, with the epoch timer and ``callbacks`` empty
+    callbacks."""
     timer = EpochTimer(_sync_for(device))
     with tempfile.TemporaryDirectory() as root:
         trainer = L.Trainer(
@@ -171,7 +175,7 @@ def _time_lightning(
             accelerator="gpu" if device == "cuda" else "cpu",
             devices=1,
             default_root_dir=root,
-            callbacks=[timer],
+            callbacks=[timer, *(Callback() for _ in range(callbacks))],
             enable_model_summary=False,
             **trainer_args,
         )
@@ -188,6 +192,24 @@ def time_bare(
     return _time_lightning(BareLogisticRegression(x.shape[1], lr), batches, epochs, device, **quiet)
 
 
+@functools.cache
+def default_callbacks() -> int:
+    """How many callbacks ``logreg fit`` gives the Trainer."""
+    with tempfile.TemporaryDirectory() as root:
+        args = ["--data.dataset", "synthetic", "--data.synthetic_rows", "100", "--trainer.default_root_dir", root]
+        return len(build_cli(args, run=False).trainer.callbacks)
+
+
+def time_bare_callbacks(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, epochs: int, device: str, lr: float
+) -> list[float]:
+    """Epoch seconds of bare Lightning with as many empty callbacks as ``logreg fit`` has."""
+    batches = TensorBatches(x, y, batch_size=batch_size, shuffle=shuffle)
+    quiet = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
+    model = BareLogisticRegression(x.shape[1], lr)
+    return _time_lightning(model, batches, epochs, device, callbacks=default_callbacks(), **quiet)
+
+
 def time_naive(
     x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, epochs: int, device: str, lr: float
 ) -> list[float]:
@@ -196,13 +218,18 @@ def time_naive(
     return _time_lightning(NaiveLogisticRegression(x.shape[1], lr), loader, epochs, device)
 
 
-PATHS = {"bare": time_bare, "hand": time_hand_written, "naive": time_naive}  # the baselines, besides project
+PATHS = {
+    "bare": time_bare,
+    "bare_callbacks": time_bare_callbacks,
+    "hand": time_hand_written,
+    "naive": time_naive,
+}  # the baselines, besides project
 
 
 def benchmark_mode(
     mode: str, rows: int, features: int, batch_size: int, repeats: int, epochs: int, device: str, lr: float = 0.01
 ) -> dict:
-    """Interleaved runs of the four paths for one batch mode; medians of the timed epochs and their ratios."""
+    """Interleaved runs of the five paths for one batch mode; medians of the timed epochs and their ratios."""
     dm = TabularDataModule(
         dataset="synthetic",
         synthetic_rows=rows,
@@ -232,9 +259,12 @@ def benchmark_mode(
         "device": device,
         "project_s": median["project"],
         "bare_s": median["bare"],
+        "bare_callbacks_s": median["bare_callbacks"],
+        "callbacks": default_callbacks(),
         "hand_s": median["hand"],
         "naive_s": median["naive"],
         "project_over_bare": median["project"] / median["bare"],
+        "project_over_bare_callbacks": median["project"] / median["bare_callbacks"],
         "project_over_hand": median["project"] / median["hand"],
         "naive_over_project": median["naive"] / median["project"],
         "samples": times,
@@ -278,15 +308,17 @@ def _memory_probe(rows: int, features: int, device: str) -> None:
 
 def format_table(results: list[dict]) -> str:
     lines = [
-        "| mode | data | updates/epoch | project s/epoch | bare Lightning s/epoch | hand-written s/epoch "
-        "| naive s/epoch | project / bare | project / hand | naive / project |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| mode | data | updates/epoch | project s/epoch | bare Lightning s/epoch | bare + empty callbacks s/epoch "
+        "| hand-written s/epoch | naive s/epoch | project / bare | project / bare + callbacks | project / hand "
+        "| naive / project |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r['mode']} | {r['rows']:,} x {r['features']} | {r['updates_per_epoch']:,} | {r['project_s']:.4f} "
-            f"| {r['bare_s']:.4f} | {r['hand_s']:.4f} | {r['naive_s']:.4f} | {r['project_over_bare']:.2f} "
-            f"| {r['project_over_hand']:.2f} | {r['naive_over_project']:.1f} |"
+            f"| {r['bare_s']:.4f} | {r['bare_callbacks_s']:.4f} | {r['hand_s']:.4f} | {r['naive_s']:.4f} "
+            f"| {r['project_over_bare']:.2f} | {r['project_over_bare_callbacks']:.2f} | {r['project_over_hand']:.2f} "
+            f"| {r['naive_over_project']:.1f} |"
         )
     return "\n".join(lines)
 

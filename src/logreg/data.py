@@ -23,6 +23,13 @@ Each shard carries its global batch's row count, so the model weights it to make
 gradient equal the global batch's mean gradient exactly. Every rank takes ceil(N / global batch) steps
 per epoch, as DDP needs. Validation and test rows are split into W contiguous shards, and the metrics
 (torchmetrics) combine them.
+
+A ``dataset`` made by ``logreg prepare`` (a local directory or an object-store URL) is streamed instead, in
+flat memory, by ``logreg.streaming.StreamingBatches`` on LitData: LitData deals its blocks out to the DDP
+processes, so each reads only its share. ``minibatch`` and ``example`` batches hold ``batch_size`` (1) rows
+per process, as above. ``full`` stays gradient descent: the training rows come in chunks, and Lightning's
+gradient accumulation (``accumulate_grad_batches``, set here to the chunks per epoch) sums their weighted
+gradients into one update per epoch from the exact mean gradient over all N rows.
 """
 
 from __future__ import annotations
@@ -36,7 +43,9 @@ import lightning as L
 import torch
 from typing_extensions import override
 
+from logreg.checkpoint import read_checkpoint
 from logreg.datasets import (
+    BANKNOTE_COLUMNS,
     BANKNOTE_PATH,
     Table,
     find_columns,
@@ -48,8 +57,11 @@ from logreg.datasets import (
     select_features,
 )
 from logreg.errors import ConfigError, DataError
+from logreg.streaming import CsvBatches, PreparedData, StreamingBatches, is_prepared
 
 BatchMode = Literal["full", "example", "minibatch"]
+BUILTIN_LABELS = {"banknote": BANKNOTE_COLUMNS[-1], "synthetic": "y"}  # the label column of the built-in data
+MAX_SEED = 2**32 - 1  # the per-epoch shuffle seeds torch with seed * 1_000_003 + epoch, which must fit 64 bits
 
 
 def check_choice(name: str, value: object, choices: tuple) -> None:
@@ -170,7 +182,9 @@ class TabularDataModule(L.LightningDataModule):
     on new data uses the training statistics, never ones fitted on the new file.
 
     Args:
-        dataset: ``banknote`` (embedded UCI data), ``synthetic``, or the path of a CSV file with a header row.
+        dataset: ``banknote`` (embedded UCI data), ``synthetic``, the path of a CSV file with a header row
+            (read into memory), or a directory made by ``logreg prepare`` (a path or an object-store URL such
+            as ``s3://bucket/prepared``), which is streamed. Prediction streams any CSV file.
         batch_mode: ``full`` (gradient descent), ``example`` (stochastic gradient descent) or ``minibatch``.
         batch_size: Rows per update in ``minibatch`` mode, per process under DDP (an update then takes
             ``batch_size * world_size`` rows); a size above the training rows acts as ``full``.
@@ -178,6 +192,10 @@ class TabularDataModule(L.LightningDataModule):
         feature_columns: Names of the feature columns, in the model's input order; default every column but
             the label. Runs given ``--ckpt_path`` take them from the checkpoint, so prediction reads the
             columns the model was trained on, with or without the label column, in any column order.
+        columns_from: A checkpoint whose feature and label columns to take, as ``feature_columns`` and
+            ``label_column`` would give them. The CLI sets it from ``--ckpt_path``: a path keeps the names out of
+            the parsed configuration, which the argument parser copies per element (quadratic in the number
+            of columns: minutes for 10,000 of them).
         val_fraction: Fraction of rows held out for validation.
         test_fraction: Fraction of rows held out for testing.
         seed: Seed of the split, the per-epoch shuffle and the synthetic data.
@@ -185,6 +203,8 @@ class TabularDataModule(L.LightningDataModule):
         synthetic_features: Features of the synthetic dataset.
         synthetic_noise: Standard deviation of the noise added to the synthetic logits (0: separable).
         eval_batch_size: Rows per batch for validation, test and prediction (no updates happen there).
+        chunk_rows: Rows read at a time from a prepared dataset (whole blocks); in ``full`` mode the rows of
+            each accumulated chunk. Memory holds a few chunks, whatever the data's size.
 
     Example:
         >>> dm = TabularDataModule(batch_mode="full")
@@ -202,6 +222,7 @@ class TabularDataModule(L.LightningDataModule):
         batch_size: int = 32,
         label_column: str | None = None,
         feature_columns: list[str] | None = None,
+        columns_from: str | None = None,
         val_fraction: float = 0.2,
         test_fraction: float = 0.2,
         seed: int = 42,
@@ -209,10 +230,15 @@ class TabularDataModule(L.LightningDataModule):
         synthetic_features: int = 8,
         synthetic_noise: float = 0.5,
         eval_batch_size: int = 65_536,
+        chunk_rows: int = 65_536,
     ) -> None:
         super().__init__()
         check_choice("batch_mode", batch_mode, get_args(BatchMode))
-        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+        for name, value in (
+            ("batch_size", batch_size),
+            ("eval_batch_size", eval_batch_size),
+            ("chunk_rows", chunk_rows),
+        ):
             if value < 1:
                 raise ConfigError(f"{name} must be a positive number of rows; got {value}.")
         for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
@@ -224,23 +250,46 @@ class TabularDataModule(L.LightningDataModule):
             )
         if feature_columns is not None and (not feature_columns or len(set(feature_columns)) < len(feature_columns)):
             raise ConfigError(f"feature_columns must name at least one column, each once; got {feature_columns}.")
+        if not 0 <= seed <= MAX_SEED:
+            raise ConfigError(f"seed must lie between 0 and {MAX_SEED}; got {seed}.")
+        builtin_label = BUILTIN_LABELS.get(dataset)
+        if builtin_label is not None and label_column not in (None, builtin_label):
+            raise ConfigError(
+                f"label_column names a column of a CSV file; the {dataset} data's label column is {builtin_label!r}, "
+                f"got {label_column!r}."
+            )
         self.save_hyperparameters()
         self.mean: torch.Tensor | None = None  # (D,), from the training split or a checkpoint
         self.std: torch.Tensor | None = None
         # The columns behind mean/std, saved with them, so a checkpoint says which columns its model reads.
         self.feature_names: list[str] | None = None
         self.label_name: str | None = None
+        if columns_from is not None:
+            saved = read_checkpoint(columns_from)
+            self.feature_names, self.label_name = saved.feature_names, saved.label_name
         self._raw: dict[str, tuple[torch.Tensor, ...]] = {}
         self._ready: dict[str, tuple[torch.Tensor, ...]] = {}
+        self._prepared: PreparedData | None = None
+
+    @property
+    def prepared(self) -> PreparedData | None:
+        """The description of a prepared (streamed) dataset; None when the data is read into memory."""
+        if self._prepared is None and is_prepared(self.hparams.dataset):
+            self._prepared = PreparedData.read(self.hparams.dataset)
+        return self._prepared
 
     @property
     def num_features(self) -> int:
         """Features per row, read from the dataset's description (header), not its rows."""
         hp = self.hparams
-        if hp.feature_columns is not None:
+        if self.prepared is not None:
+            return len(self._prepared_features())
+        names = hp.feature_columns if hp.feature_columns is not None else self.feature_names
+        if names is not None:
             if hp.dataset not in ("banknote", "synthetic"):  # a file that does not fit fails here, before any run
-                find_columns(hp.dataset, read_header(hp.dataset), hp.label_column, hp.feature_columns)
-            return len(hp.feature_columns)
+                label = hp.label_column if hp.label_column is not None else self.label_name
+                find_columns(hp.dataset, read_header(hp.dataset), label, names)
+            return len(names)
         dataset = hp.dataset
         if dataset == "banknote":
             return len(read_header(BANKNOTE_PATH)) - 1
@@ -256,9 +305,14 @@ class TabularDataModule(L.LightningDataModule):
         return self.hparams.batch_mode
 
     @property
+    def train_rows(self) -> int:
+        """Rows of the training split."""
+        return self.prepared.rows["train"] if self.prepared is not None else len(self._raw["train"][0])
+
+    @property
     def train_batch_size(self) -> int:
         """Rows per weight update: under DDP the global batch, i.e. all ranks' shards together."""
-        n_train = len(self._raw["train"][0])
+        n_train = self.train_rows
         world = self._rank_and_world_size()[1]
         per_process = {"full": n_train, "example": 1, "minibatch": self.hparams.batch_size}[self.hparams.batch_mode]
         return min(per_process * world, n_train)
@@ -266,7 +320,7 @@ class TabularDataModule(L.LightningDataModule):
     @property
     def updates_per_epoch(self) -> int:
         """Weight updates per epoch: ceil(N_train / train_batch_size)."""
-        return math.ceil(len(self._raw["train"][0]) / self.train_batch_size)
+        return math.ceil(self.train_rows / self.train_batch_size)
 
     def load_table(self, stage: str = "fit") -> Table:
         """All rows of the configured dataset, in file order, with the features the model reads.
@@ -284,8 +338,58 @@ class TabularDataModule(L.LightningDataModule):
         label = hp.label_column if hp.label_column is not None else self.label_name
         return read_csv(hp.dataset, label, features, need_label=stage != "predict")
 
+    def _prepared_features(self) -> list[str]:
+        """The prepared data's features; ``feature_columns`` (or a checkpoint's) must name the same, in order."""
+        names = list(self.prepared.feature_names)
+        wanted = self.hparams.feature_columns
+        if wanted is not None and list(wanted) != names:
+            raise DataError(
+                f"{self.hparams.dataset}: holds the features {', '.join(names)}, in this order; "
+                f"the model reads {', '.join(wanted)}."
+            )
+        return names
+
+    def _setup_streamed(self, stage: str) -> None:
+        data = self.prepared
+        self.feature_names, self.label_name = self._prepared_features(), data.label_name
+        if self.mean is None:  # a checkpoint restored later overrides these before any batch is served
+            self.mean, self.std = data.mean, data.std
+        if stage == "fit" and self.hparams.batch_mode == "full" and self.trainer is not None:
+            # One update per epoch from all training rows: accumulate the gradients of the epoch's chunks.
+            chunks = self._streamed("train").batches_per_epoch()
+            accumulate = self.trainer.accumulate_grad_batches
+            if accumulate not in (1, chunks):
+                raise ConfigError(
+                    f"--trainer.accumulate_grad_batches {accumulate}: full-batch training on streamed data "
+                    f"accumulates over the {chunks} chunks of each epoch by itself; leave it unset."
+                )
+            self.trainer.accumulate_grad_batches = chunks
+
+    def _streamed(self, split: str) -> StreamingBatches:
+        hp = self.hparams
+        if split != "train":
+            return StreamingBatches(self.prepared, split, self.mean, self.std, hp.eval_batch_size, equal_counts=False)
+        trainer = self.trainer
+        return StreamingBatches(
+            self.prepared,
+            "train",
+            self.mean,
+            self.std,
+            batch_size={"full": None, "example": 1, "minibatch": hp.batch_size}[hp.batch_mode],
+            shuffle=hp.batch_mode != "full",
+            seed=hp.seed,
+            epoch=(lambda: trainer.current_epoch) if trainer is not None else None,
+            processed=(lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+            if trainer is not None
+            else None,
+            window_rows=hp.chunk_rows,
+        )
+
     @override
     def setup(self, stage: str) -> None:
+        if self.prepared is not None:
+            self._setup_streamed(stage)
+            return
         if self._raw or stage == "predict":
             return
         table = self.load_table(stage)
@@ -337,7 +441,9 @@ class TabularDataModule(L.LightningDataModule):
         return tuple(t[rank * n // world : (rank + 1) * n // world] for t in tensors)
 
     @override
-    def train_dataloader(self) -> TensorBatches:
+    def train_dataloader(self) -> TensorBatches | StreamingBatches:
+        if self.prepared is not None:
+            return self._streamed("train")
         shuffle = self.hparams.batch_mode != "full"  # the full-batch gradient does not depend on row order
         rank, world = self._rank_and_world_size()
         return TensorBatches(
@@ -352,18 +458,30 @@ class TabularDataModule(L.LightningDataModule):
         )
 
     @override
-    def val_dataloader(self) -> TensorBatches:
+    def val_dataloader(self) -> TensorBatches | StreamingBatches:
+        if self.prepared is not None:
+            return self._streamed("val")
         return TensorBatches(*self._eval_shard("val"), batch_size=self.hparams.eval_batch_size)
 
     @override
-    def test_dataloader(self) -> TensorBatches:
+    def test_dataloader(self) -> TensorBatches | StreamingBatches:
+        if self.prepared is not None:
+            return self._streamed("test")
         return TensorBatches(*self._eval_shard("test"), batch_size=self.hparams.eval_batch_size)
 
     @override
-    def predict_dataloader(self) -> TensorBatches:
+    def predict_dataloader(self) -> TensorBatches | StreamingBatches | CsvBatches:
         # Loaded here, after a checkpoint restored the training statistics, and never split or re-fitted.
         if self.mean is None:
             raise DataError("prediction needs the training statistics: pass --ckpt_path of a trained model.")
+        hp = self.hparams
+        if self.prepared is not None:  # the prepared test split, in its stored order
+            self._prepared_features()
+            return self._streamed("test")
+        if hp.dataset not in ("banknote", "synthetic"):  # a CSV file of any size: read piece by piece
+            features = hp.feature_columns if hp.feature_columns is not None else self.feature_names
+            label = hp.label_column if hp.label_column is not None else self.label_name
+            return CsvBatches(hp.dataset, self.mean, self.std, hp.eval_batch_size, label, features, need_label=False)
         table = self.load_table("predict")
         tensors = (self.standardize(table.x),) if table.y is None else (self.standardize(table.x), table.y)
         return TensorBatches(*self._to_device(*tensors), batch_size=self.hparams.eval_batch_size)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import csv
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -71,19 +72,53 @@ def make_synthetic(rows: int, features: int, noise: float, seed: int) -> Table:
     return Table(x, (logits > 0).float(), tuple(f"x{i}" for i in range(features)), "y")
 
 
+# Leading bytes of files that are not plain UTF-8 text, and what to tell the user about them.
+_NOT_TEXT = (
+    (b"\x1f\x8b", "is a gzip-compressed file; decompress it first (gunzip) and pass the .csv"),
+    (b"PK\x03\x04", "is a zip archive; extract the CSV file and pass that"),
+    (b"BZh", "is a bzip2-compressed file; decompress it first (bunzip2) and pass the .csv"),
+    (b"\xfd7zXZ\x00", "is an xz-compressed file; decompress it first (unxz) and pass the .csv"),
+    (b"\xff\xfe", "is UTF-16 text; save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)"),
+    (b"\xfe\xff", "is UTF-16 text; save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)"),
+)
+_SNIFF_BYTES = 4096
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # 3.4e38: a larger feature becomes inf in the model
+
+
+def check_text_file(path: Path) -> None:
+    """Raise DataError unless ``path`` looks like UTF-8 text: not compressed, not UTF-16, not binary.
+
+    Only the first bytes are read; a byte that is not UTF-8 further on is reported by :func:`read_csv`.
+    """
+    with path.open("rb") as f:
+        start = f.read(_SNIFF_BYTES)
+    for magic, message in _NOT_TEXT:
+        if start.startswith(magic):
+            raise DataError(f"{path}: {message}.")
+    if b"\x00" in start:  # UTF-16 without a byte-order mark, or a binary file: NUL never occurs in UTF-8 CSV text
+        raise DataError(f"{path}: holds NUL bytes, so it is UTF-16 text or a binary file, not a UTF-8 CSV file.")
+
+
 def read_header(path: str | Path) -> list[str]:
-    """The column names of a CSV file: its first row, stripped."""
+    """The column names of a CSV file: its first row, stripped, without a UTF-8 byte-order mark."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file.")
-    with path.open(newline="") as f:
-        header = next(csv.reader(f), None)
+    check_text_file(path)
+    try:
+        # utf-8-sig drops the byte-order mark some editors write, which would otherwise start the first name.
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            header = next(csv.reader(f), None)
+    except UnicodeDecodeError:
+        _raise_not_utf8(path)
     if not header or not any(name.strip() for name in header):
         raise DataError(f"{path}: the file is empty; expected a header row of column names.")
     header = [name.strip() for name in header]
-    for i, name in enumerate(header):
-        if name in header[:i]:
+    seen: set[str] = set()
+    for name in header:
+        if name in seen:
             raise DataError(f"{path}: the header names column {name!r} twice; column names must be unique.")
+        seen.add(name)
     return header
 
 
@@ -120,11 +155,13 @@ def find_columns(
             raise DataError(f"{source}: needs at least one feature column besides the label column {header[label]!r}.")
         return [i for i in range(len(header)) if i != label], label
     expected = f"the model takes {len(feature_columns)} features: {', '.join(feature_columns)}"
+    position = {name: i for i, name in enumerate(header)}  # dict and set lookups: wide files have 10,000s
     for name in feature_columns:
-        if name not in header:
+        if name not in position:
             raise DataError(f"{source}: no column {name!r}; {expected}.")
-    features = [header.index(name) for name in feature_columns]
-    others = [i for i in range(len(header)) if i not in features]
+    features = [position[name] for name in feature_columns]
+    chosen = set(features)
+    others = [i for i in range(len(header)) if i not in chosen]
     if label_column is not None:
         label = header.index(label_column) if label_column in header else None
     else:
@@ -169,29 +206,28 @@ def read_csv(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # numpy warns on a header-only file; the check below says it clearly
-            values = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float64, ndmin=2, encoding="utf-8")
-    except ValueError:
+            # quotechar: "-0.045" in quotes is valid CSV for the number -0.045.
+            values = np.loadtxt(
+                path, delimiter=",", quotechar='"', skiprows=1, dtype=np.float64, ndmin=2, encoding="utf-8-sig"
+            )
+    except UnicodeDecodeError:
+        _raise_not_utf8(path)
+    except ValueError as err:
         _raise_first_bad_cell(path, header, label)  # numpy's message lacks the column name: find the cell
-        raise
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(f"{path}: cannot be read as numeric CSV ({reason}).") from None
     if values.shape[0] == 0:
         raise DataError(f"{path}: has a header but no data rows.")
     if values.shape[1] != len(header):
         raise DataError(f"{path}: rows have {values.shape[1]} fields but the header names {len(header)} columns.")
     names = tuple(header[i] for i in features)
     x = values[:, features]  # (N, D) in the model's column order
-    _check_finite(path, names, x)
-    if label is None:
-        return Table(torch.from_numpy(x.astype(np.float32)), None, names)
-    labels = values[:, label]
-    bad = ~np.isin(labels, (0.0, 1.0))
-    if bad.any():
-        row = int(np.argmax(bad))
-        raise DataError(
-            f"{path}: labels in column {header[label]!r} must be 0 or 1, found {labels[row]:g} on line {row + 2}."
-        )
-    return Table(
-        torch.from_numpy(x.astype(np.float32)), torch.from_numpy(labels.astype(np.float32)), names, header[label]
-    )
+    labels = None if label is None else values[:, label]
+    check_values(path, names, None if label is None else header[label], x, labels)
+    x = torch.from_numpy(x.astype(np.float32))
+    if labels is None:
+        return Table(x, None, names)
+    return Table(x, torch.from_numpy(labels.astype(np.float32)), names, header[label])
 
 
 def select_features(table: Table, source: str, feature_columns: Sequence[str] | None) -> Table:
@@ -207,35 +243,105 @@ def select_features(table: Table, source: str, feature_columns: Sequence[str] | 
     return Table(table.x[:, features], table.y, tuple(feature_columns), table.label_name)
 
 
-def _check_finite(path: Path, names: Sequence[str], features: np.ndarray) -> None:
+def check_values(
+    path: str | Path,
+    names: Sequence[str],
+    label_name: str | None,
+    features: np.ndarray,
+    labels: np.ndarray | None,
+    first_line: int = 2,
+    line_of: Callable[[int], int] | None = None,
+) -> None:
+    """Raise DataError on the first feature that is not finite in float32 or label that is not 0/1.
+
+    Float32 is the model's precision: 1e39 would become inf there. Shared by :func:`read_csv` and
+    ``logreg prepare``, so both name the same column and line.
+
+    Args:
+        path: The file, for the message.
+        names: The feature columns' names, in the order of ``features``' columns.
+        label_name: The label column's name (None: no labels).
+        features: Values of shape (N, D).
+        labels: Values of shape (N,), or None.
+        first_line: The file line of row 0 (2 below a header).
+        line_of: Returns the file line of row r when rows are not consecutive lines from ``first_line``
+            (a piece of a large file, blank lines between rows); default ``first_line + r``.
+    """
+    line = line_of if line_of is not None else (lambda row: first_line + row)
     bad = ~np.isfinite(features)
     if bad.any():
         row, col = map(int, np.argwhere(bad)[0])
         raise DataError(
-            f"{path}: column {names[col]!r} holds {features[row, col]} on line {row + 2}; features must be finite."
+            f"{path}: column {names[col]!r} holds {features[row, col]} on line {line(row)}; features must be finite."
         )
+    too_large = np.abs(features) > FLOAT32_MAX
+    if too_large.any():
+        row, col = map(int, np.argwhere(too_large)[0])
+        raise DataError(
+            f"{path}: column {names[col]!r} holds {features[row, col]:g} on line {line(row)}, beyond float32's "
+            f"range (magnitude at most {FLOAT32_MAX:.3g}); rescale the column."
+        )
+    if labels is None:
+        return
+    bad = ~np.isin(labels, (0.0, 1.0))
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise DataError(
+            f"{path}: labels in column {label_name!r} must be 0 or 1, found {labels[row]:g} on line {line(row)}."
+        )
+
+
+def _raise_not_utf8(path: Path) -> NoReturn:
+    """Raise DataError naming the first line that is not UTF-8 (Latin-1 or Windows-1252 text, say)."""
+    with path.open("rb") as f:
+        for line, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                byte = raw[err.start]
+                raise DataError(
+                    f"{path}: is not UTF-8 text (byte 0x{byte:02x} on line {line}, as Latin-1 or Windows-1252 "
+                    "files have); save it as UTF-8 (e.g. iconv -f LATIN1 -t UTF-8)."
+                ) from None
+    raise DataError(f"{path}: is not UTF-8 text; save it as UTF-8.")
 
 
 def _raise_first_bad_cell(path: Path, header: list[str], label: int | None) -> None:
     """Scan the file row by row (slow, only after the fast parser failed) and raise on the first bad cell."""
-    with path.open(newline="", encoding="utf-8") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:
         rows = csv.reader(f)
         next(rows)
         for line, row in enumerate(rows, start=2):
-            if not row:
-                continue
-            if len(row) != len(header):
+            check_row(path, header, label, row, line)
+
+
+def check_row(path: str | Path, header: Sequence[str], label: int | None, row: Sequence[str], line: int) -> None:
+    """Raise DataError if one parsed CSV row has the wrong number of fields or a cell that is not a number.
+
+    >>> check_row("f.csv", ["a", "label"], 1, ["1.5", "yes"], line=7)
+    Traceback (most recent call last):
+    ...
+    logreg.errors.DataError: f.csv: labels in column 'label' must be 0 or 1, found 'yes' on line 7.
+    """
+    if not row:
+        return
+    if len(row) != len(header):
+        raise DataError(f"{path}: line {line} has {len(row)} fields but the header names {len(header)} columns.")
+    for col, cell in enumerate(row):
+        try:
+            if "_" in cell:  # Python's float() reads 1_000, numpy and other CSV readers do not
+                raise ValueError(cell)
+            float(cell)
+        except ValueError:
+            if "_" in cell:
                 raise DataError(
-                    f"{path}: line {line} has {len(row)} fields but the header names {len(header)} columns."
-                )
-            for col, cell in enumerate(row):
-                try:
-                    float(cell)
-                except ValueError:
-                    if col == label:
-                        raise DataError(
-                            f"{path}: labels in column {header[col]!r} must be 0 or 1, found {cell.strip()!r} on line {line}."
-                        ) from None
-                    raise DataError(
-                        f"{path}: column {header[col]!r} holds the non-numeric value {cell.strip()!r} on line {line}."
-                    ) from None
+                    f"{path}: column {header[col]!r} holds {cell.strip()!r} on line {line}; write numbers "
+                    "without digit separators (1000, not 1_000)."
+                ) from None
+            if col == label:
+                raise DataError(
+                    f"{path}: labels in column {header[col]!r} must be 0 or 1, found {cell.strip()!r} on line {line}."
+                ) from None
+            raise DataError(
+                f"{path}: column {header[col]!r} holds the non-numeric value {cell.strip()!r} on line {line}."
+            ) from None

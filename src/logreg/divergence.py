@@ -1,6 +1,7 @@
 """Stop training when the loss diverges to NaN or infinity, naming the epoch and step where it did.
 
-A learning rate far too large overflows the weights; from then on every loss, metric and checkpoint is NaN.
+A step far too large (the learning rate, momentum, or features on a large scale) overflows the weights; from
+then on every loss, metric and checkpoint is NaN. The message names the optimizer and its step settings.
 Checking ``torch.isfinite(loss)`` on the host after every step would make the host wait for the device at
 every step. Instead each step's loss (a detached tensor) is only kept, which costs no device work; the kept
 losses are checked together, with one wait, on the steps whose loss the logger writes (it is read then
@@ -68,11 +69,26 @@ class StopOnNonFiniteLoss(Callback):
         first = int((~finite).nonzero()[0])
         step = trainer.global_step - len(losses) + first
         batch = trainer.fit_loop.epoch_loop.batch_idx - len(losses) + 1 + first
-        lr = (
-            ", ".join(f"{group['lr']:g}" for group in trainer.optimizers[0].param_groups) if trainer.optimizers else "?"
-        )
         raise NonFiniteLossError(
             f"training stopped: the loss became {losses[first].item()} at epoch {trainer.current_epoch}, "
-            f"step {step} (batch {batch} of the epoch), with learning rate {lr}; a smaller learning rate "
-            "usually keeps it finite."
+            f"step {step} (batch {batch} of the epoch), under {describe_optimizer(trainer)}; the updates grew "
+            "without bound, which a smaller learning rate or momentum, or features on a smaller scale, prevent."
         )
+
+
+def describe_optimizer(trainer: L.Trainer) -> str:
+    """The optimizer and the settings that size its steps, e.g. ``SGD with lr 0.1, momentum 0.9``.
+
+    The message names them all rather than blaming one: with a momentum of 5, the learning rate is not why.
+    """
+    if not trainer.optimizers:
+        return "no optimizer"
+    optimizer = trainer.optimizers[0]
+    settings = []
+    for key in ("lr", "momentum", "betas", "weight_decay"):
+        values = [group[key] for group in optimizer.param_groups if key in group]
+        if not values or (key == "weight_decay" and not any(values)):
+            continue
+        shown = [f"({', '.join(f'{b:g}' for b in v)})" if isinstance(v, tuple) else f"{v:g}" for v in values]
+        settings.append(f"{key} {' / '.join(dict.fromkeys(shown))}")  # one value per distinct group setting
+    return f"{type(optimizer).__name__} with {', '.join(settings)}"

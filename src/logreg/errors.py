@@ -10,3 +10,7 @@ class DataError(ValueError):
 
 class ConfigError(ValueError):
     """An argument value the template cannot run with; the message names the argument and the valid values."""
+
+
+class WriteError(RuntimeError):
+    """A file could not be written (a full disk, a read-only directory); earlier files are left intact."""

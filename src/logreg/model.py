@@ -73,6 +73,22 @@ class BinaryClassifier(L.LightningModule):
         scores = MetricCollection({"acc": BinaryAccuracy(), "auroc": BinaryAUROC(), "f1": BinaryF1Score()})
         self.val_scores, self.test_scores = scores.clone(prefix="val/"), scores.clone(prefix="test/")
         self.train_loss = MeanMetric()  # the epoch mean, fed once per epoch from the sums below
+        self._loss_sum, self._rows = torch.zeros(()), 0.0  # the epoch's summed training loss and its rows
+
+    @override
+    def on_train_start(self) -> None:
+        # Lightning resumes a checkpoint saved mid-epoch (the timed last.ckpt, a signal's) without calling
+        # on_train_epoch_start: the epoch's sums come from the checkpoint instead, and go to the device here.
+        self._loss_sum = self._loss_sum.to(self.device)
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["train_loss_sum"] = (self._loss_sum.detach().cpu(), self._rows)
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "train_loss_sum" in checkpoint:  # checkpoints from before it was saved restart the sum
+            self._loss_sum, self._rows = checkpoint["train_loss_sum"]
 
     @override
     def on_train_epoch_start(self) -> None:
@@ -84,6 +100,8 @@ class BinaryClassifier(L.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss, _ = self._shared_step(batch)
         rows = batch[2] / self.trainer.world_size if len(batch) == 3 else len(batch[1])  # rows behind this loss
+        if not hasattr(self, "_loss_sum"):  # resumed inside an epoch: Lightning skips on_train_epoch_start then
+            self.on_train_epoch_start()
         self._loss_sum.add_(loss.detach(), alpha=rows)
         self._rows += rows
         # Log only on the steps the logger writes (every log_every_n_steps): the same curve, but self.log on

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -13,6 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
+from logreg.atomic import AtomicFile
 from logreg.data import ConfigError
 from logreg.datasets import DataError
 
@@ -24,8 +24,10 @@ class PredictionWriter(Callback):
 
     ``row`` counts the input's data rows from 0 (row r is line r + 2 of a CSV file with its header),
     ``probability`` is p(y = 1 | x) and ``prediction`` is 1 where it reaches ``threshold``. The rows go to
-    a hidden file next to the output, renamed to the output when prediction ends, so a failed run leaves
-    no half-written file. An existing file is never replaced, and the input never.
+    a hidden file next to the output (:class:`~logreg.atomic.AtomicFile`), fsync'ed and given the output's
+    name when prediction ends, so a failed run, a full disk or a kill leaves no half-written file. An
+    existing file is never replaced, and the input never: of two runs writing the same output, the second
+    to finish keeps its rows in its hidden file and says so.
 
     A plain callback rather than Lightning's ``BasePredictionWriter``: that one looks up sampler indices,
     which batches sliced from tensors do not have (it warns on every run), and the row order is known anyway.
@@ -47,7 +49,7 @@ class PredictionWriter(Callback):
         self.output = output
         self.threshold = threshold
         self.path: Path | None = None
-        self._file: IO[str] | None = None
+        self._file: AtomicFile | None = None
         self._rows = 0
 
     @override
@@ -56,10 +58,7 @@ class PredictionWriter(Callback):
             return
         dataset = trainer.datamodule.hparams.dataset if trainer.datamodule is not None else "predictions"
         self.path = self._resolve(trainer, dataset)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = tempfile.NamedTemporaryFile(  # noqa: SIM115 -- open until on_predict_end renames it
-            "w", dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".partial", delete=False
-        )
+        self._file = AtomicFile(self.path, text=True, what="predictions file")
         self._file.write(HEADER + "\n")
         self._rows = 0
 
@@ -91,7 +90,9 @@ class PredictionWriter(Callback):
         rows = np.arange(self._rows, self._rows + len(probs))
         table = np.rec.fromarrays([rows, probs, (probs >= self.threshold).astype(np.int64)])
         # %.9g keeps every digit of a float32, so the file reproduces the probabilities exactly.
-        np.savetxt(self._file, table, fmt=["%d", "%.9g", "%d"], delimiter=",")
+        text = io.StringIO()
+        np.savetxt(text, table, fmt=["%d", "%.9g", "%d"], delimiter=",")
+        self._file.write(text.getvalue())
         self._rows += len(probs)
 
     @override
@@ -99,15 +100,11 @@ class PredictionWriter(Callback):
         if self._file is None:
             return
         written, self._file = self._file, None
-        written.close()
-        if self.path.exists():  # appeared while predicting: keep both, and say where the rows are
-            raise DataError(f"{self.path}: appeared while predicting; the predictions are in {written.name}.")
-        os.replace(written.name, self.path)
+        written.commit()  # refuses, keeping the rows in the hidden file, if the output appeared meanwhile
         rank_zero_info(f"Wrote {self._rows} predictions to {self.path}")
 
     @override
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if self._file is not None:
-            self._file.close()
-            Path(self._file.name).unlink(missing_ok=True)
+            self._file.discard()
             self._file = None

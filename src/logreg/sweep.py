@@ -564,8 +564,21 @@ def build_parser() -> ArgumentParser:
 
 
 def main(args: Sequence[str] | None = None) -> None:
-    """Run ``logreg sweep`` with ``args`` (the words after ``sweep``; default the command line)."""
-    args = list(sys.argv[2:] if args is None else args)
+    """``logreg sweep`` with ``args`` (the words after ``sweep``; default the command line): mistakes end in one
+    line on stderr and exit code 1 (2 for the command line), before any trial runs."""
+    from argparse import ArgumentError
+
+    try:
+        run(list(sys.argv[2:] if args is None else args))
+    except ArgumentError as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)  # jsonargparse's lines, as one
+        raise SystemExit(2) from None
+    except (ConfigError, DataError) as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+def run(args: list[str]) -> None:
+    """Check the inputs, run this process's trials on the study, and write the results under ``--out``."""
     # Words after `--` are `logreg fit` arguments for every trial, e.g. `-- --trainer.max_epochs 10`.
     extra = args[args.index("--") + 1 :] if "--" in args else []
     opts = build_parser().parse_args(args[: len(args) - len(extra) - 1] if "--" in args else args)
