@@ -1,5 +1,6 @@
 """The command line: ``logreg fit | validate | test | predict``, configured by YAML through LightningCLI,
-and ``logreg prepare`` (``logreg.prepare``), which converts a table for streaming.
+``logreg prepare`` (``logreg.prepare``), which converts a table for streaming, and ``logreg sweep``
+(``logreg.sweep``), a hyperparameter search whose trials are ``logreg fit`` runs.
 
 Config keys are the ``__init__`` arguments of the model, the data module and the Trainer. The model is
 any LightningModule that takes ``num_features`` (``--model logreg.mlp.MLP``; default
@@ -294,6 +295,13 @@ def main(args: list[str] | None = None) -> None:
         from logreg.prepare import main as prepare_main
 
         prepare_main(argv[1:])
+        return
+    if argv[:1] == ["sweep"]:  # not a Trainer method: its own parser (logreg.sweep); it reports its own mistakes
+        try:
+            from logreg.sweep import main as sweep_main
+        except ConfigError as err:  # Optuna, an optional extra, is missing: the message says how to install it
+            raise SystemExit(f"error: {err}") from None
+        sweep_main(argv[1:])
         return
     with interrupt.handlers():
         try:
