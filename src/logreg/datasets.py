@@ -175,6 +175,19 @@ def find_columns(
     return features, label
 
 
+def csv_columns(
+    path: Path, label_column: str | None, feature_columns: Sequence[str] | None, need_label: bool
+) -> tuple[list[str], list[int], int | None]:
+    """A CSV file's header and the positions of its feature and label columns (label None: not there, which
+    only ``need_label=False`` accepts)."""
+    header = read_header(path)
+    features, label = find_columns(path, header, label_column, feature_columns)
+    if label is None and need_label:
+        name = repr(label_column) if label_column is not None else "besides the features"
+        raise DataError(f"{path}: no label column {name}; the columns are {', '.join(header)}.")
+    return header, features, label
+
+
 def read_csv(
     path: str | Path,
     label_column: str | None = None,
@@ -198,11 +211,7 @@ def read_csv(
     >>> os.remove(f.name)
     """
     path = Path(path)
-    header = read_header(path)
-    features, label = find_columns(path, header, label_column, feature_columns)
-    if label is None and need_label:
-        name = repr(label_column) if label_column is not None else "besides the features"
-        raise DataError(f"{path}: no label column {name}; the columns are {', '.join(header)}.")
+    header, features, label = csv_columns(path, label_column, feature_columns, need_label)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # numpy warns on a header-only file; the check below says it clearly

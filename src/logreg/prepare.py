@@ -45,6 +45,7 @@ from logreg.datasets import (
     BANKNOTE_PATH,
     check_row,
     check_values,
+    csv_columns,
     find_columns,
     read_header,
 )
@@ -272,11 +273,7 @@ def read_csv_in_pieces(
     >>> os.remove(f.name)
     """
     path = Path(path)
-    header = read_header(path)
-    features, label = find_columns(path, header, label_column, feature_columns)
-    if label is None and need_label:
-        name = repr(label_column) if label_column is not None else "besides the features"
-        raise DataError(f"{path}: no label column {name}; the columns are {', '.join(header)}.")
+    header, features, label = csv_columns(path, label_column, feature_columns, need_label)
     source = Source(str(path), files=(path,), header=tuple(header))
     settings = Settings(source, Path("."), features, label, 0, 0.0, 0.0)
     names = tuple(header[i] for i in features)
