@@ -32,7 +32,6 @@ from typing import Any, Literal, get_args
 import lightning as L
 import yaml
 from jsonargparse import ArgumentParser
-from typing_extensions import override
 
 from logreg.divergence import NonFiniteLossError
 from logreg.errors import ConfigError, DataError
@@ -330,34 +329,16 @@ def open_storage(url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
     raise AssertionError("unreachable")
 
 
-class TrialPruning(PyTorchLightningPruningCallback):
-    """Optuna's Lightning pruning callback that also marks the run: ``sweep/pruned`` is logged as 1 when the
-    trial is pruned and 0 when it trains to the end, so TensorBoard's HPARAMS tab can filter pruned trials.
+def mark_run(trainer: L.Trainer, pruned: bool) -> None:
+    """After fit, record the trial's outcome in its run: ``sweep/pruned`` is 1 for a pruned trial and 0 for one
+    that trained to the end, so TensorBoard's HPARAMS tab can filter pruned trials.
 
-    Args:
-        trial: The Optuna trial this run belongs to.
-        monitor: The logged metric reported to Optuna after each validation (``val/loss``).
+    Written by the sweep once training is over (no LightningModule hook can log then, and Optuna's pruning
+    callback decides in ``on_validation_end``, where ``self.log`` is not allowed), at the run's last step.
     """
-
-    def __init__(self, trial: optuna.Trial, monitor: str = DEFAULT_METRIC) -> None:
-        super().__init__(trial, monitor)
-
-    @override
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        try:
-            super().on_validation_end(trainer, pl_module)
-        except optuna.TrialPruned:
-            self._mark(trainer, pruned=True)
-            raise
-
-    @override
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._mark(trainer, pruned=False)
-
-    @staticmethod
-    def _mark(trainer: L.Trainer, pruned: bool) -> None:
-        for logger in trainer.loggers:
-            logger.log_metrics({"sweep/pruned": float(pruned)}, step=max(trainer.global_step - 1, 0))
+    for logger in trainer.loggers:
+        logger.log_metrics({"sweep/pruned": float(pruned)}, step=max(trainer.global_step - 1, 0))
+        logger.finalize("success")  # Lightning closed the run at the end of fit: flush the mark too
 
 
 def run_trial(trial: optuna.Trial, space: Space, fit: Sequence[str], out: Path) -> float:
@@ -365,7 +346,7 @@ def run_trial(trial: optuna.Trial, space: Space, fit: Sequence[str], out: Path) 
     values = {param.key: param.suggest(trial) for param in space.params}
     root = out / RUNS_DIR / f"trial_{trial.number:04d}"
     cli = build_run(fit_args(fit, values, root))
-    cli.trainer.callbacks.append(TrialPruning(trial, space.metric))
+    cli.trainer.callbacks.append(PyTorchLightningPruningCallback(trial, space.metric))
     run_dir = Path(cli.trainer.log_dir)
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which process ran it
     trial.set_user_attr("root", str(root))
@@ -373,6 +354,9 @@ def run_trial(trial: optuna.Trial, space: Space, fit: Sequence[str], out: Path) 
     trial.set_user_attr("lr", cli.model.hparams.lr)
     try:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    except optuna.TrialPruned:
+        mark_run(cli.trainer, pruned=True)
+        raise
     except SystemExit as err:
         if cli.trainer.interrupted:  # Lightning turns Ctrl-C into exit(1); Optuna fails the trial on this
             raise KeyboardInterrupt from err
@@ -382,6 +366,7 @@ def run_trial(trial: optuna.Trial, space: Space, fit: Sequence[str], out: Path) 
             trial.set_user_attr("rows_per_update", cli.datamodule.train_batch_size)
         if (run_dir / "config.yaml").is_file():
             trial.set_user_attr("config", (run_dir / "config.yaml").read_text())
+    mark_run(cli.trainer, pruned=False)
     value = cli.trainer.callback_metrics.get(space.metric)
     if value is None:
         logged = ", ".join(sorted(cli.trainer.callback_metrics))
