@@ -44,9 +44,8 @@ from logreg.quiet import silence_harmless_messages
 
 DEFAULT_LOG_DIR = "lightning_logs"
 DEFAULT_MODEL = "logreg.model.LogisticRegression"
-PREDICT_RUN_NAME = "predict"  # prediction runs get their own versions, apart from the training runs
 USER_ERRORS = (DataError, ConfigError, NonFiniteLossError, WriteError)
-EVALUATIONS = ("validate", "test")  # they too get run directories of their own, named after the command
+EVALUATIONS = ("validate", "test")  # they, and predict, get run directories of their own, named after the command
 SEED_RANGE = (0, 2**32 - 1)  # what Lightning's seed_everything (numpy's generator) accepts
 
 
@@ -125,8 +124,6 @@ class LogRegCLI(LightningCLI):
             # predict, validate and test runs have their own. The directory is claimed here, atomically, so two
             # runs started at once never share it; without a logger it holds the config and the checkpoints.
             name = config.data.batch_mode if self.subcommand in (None, "fit") else self.subcommand
-            if self.subcommand == "predict":
-                name = PREDICT_RUN_NAME
             version = None  # build_cli(run=False) runs nothing yet: the logger picks its version when first used
             if self.subcommand is not None:
                 self._new_dirs = [d for d in (Path(root) / name, Path(root)) if not d.exists()]
