@@ -365,6 +365,11 @@ class TabularDataModule(L.LightningDataModule):
                 )
             self.trainer.accumulate_grad_batches = chunks
 
+    def _batches_trained(self) -> int:
+        """Batches of the current epoch the Trainer has trained; a loader cannot count them itself, because
+        the Trainer fetches one batch ahead."""
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
     def _streamed(self, split: str) -> StreamingBatches:
         hp = self.hparams
         if split != "train":
@@ -379,9 +384,7 @@ class TabularDataModule(L.LightningDataModule):
             shuffle=hp.batch_mode != "full",
             seed=hp.seed,
             epoch=(lambda: trainer.current_epoch) if trainer is not None else None,
-            processed=(lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed)
-            if trainer is not None
-            else None,
+            processed=self._batches_trained if trainer is not None else None,
             window_rows=hp.chunk_rows,
         )
 
@@ -454,7 +457,7 @@ class TabularDataModule(L.LightningDataModule):
             epoch=lambda: self.trainer.current_epoch,
             rank=rank,
             world_size=world,
-            trained=lambda: self.trainer.fit_loop.epoch_loop.batch_progress.current.processed,
+            trained=self._batches_trained,
         )
 
     @override
