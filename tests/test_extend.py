@@ -244,6 +244,25 @@ def test_the_timed_last_checkpoint_is_written_during_training(tmp_path):
     assert steps == [1, 2, 3, 4]
 
 
+def test_the_timed_last_checkpoint_waits_for_the_end_of_an_accumulated_update(tmp_path):
+    saved_at = []  # (batches of the epoch done, global_step) at each save
+
+    class Recorded(L.Trainer):
+        def save_checkpoint(self, *args, **kwargs) -> None:
+            saved_at.append((self.fit_loop.epoch_loop.batch_progress.current.ready, self.global_step))
+            super().save_checkpoint(*args, **kwargs)
+
+    dm = TabularDataModule(dataset="synthetic", synthetic_rows=200, synthetic_features=3, batch_size=16)  # 8 batches
+    last = LastCheckpoint(every_seconds=0)  # due at every batch
+    last.dirpath = str(tmp_path)
+    trainer = Recorded(
+        max_epochs=1, accumulate_grad_batches=3, callbacks=[last], logger=False, enable_progress_bar=False
+    )
+    trainer.fit(LogisticRegression(num_features=3), datamodule=dm)
+    # updates after batches 3, 6 and the epoch's last, 8; then the end of fit saves again
+    assert saved_at == [(3, 1), (6, 2), (8, 3), (8, 3)]
+
+
 def test_a_default_fit_prints_no_warning(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "logreg", "fit", "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false"],

@@ -8,7 +8,7 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 
 from logreg import interrupt
 from logreg.callbacks import LastCheckpoint
-from logreg.interrupt import Interrupted, StopOnSignal
+from logreg.interrupt import Interrupted
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def trainer(tmp_path, **kwargs) -> L.Trainer:
         max_epochs=3,
         limit_train_batches=10,
         limit_val_batches=1,
-        callbacks=[LastCheckpoint(), StopOnSignal()],
+        callbacks=[LastCheckpoint()],
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,

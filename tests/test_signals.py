@@ -44,6 +44,18 @@ def wait_for(path_glob: str, root: Path, timeout: float = 60.0) -> Path:
     raise AssertionError(f"no {path_glob} under {root} after {timeout} s")
 
 
+def wait_until_caught(process: subprocess.Popen, signum: int, timeout: float = 60.0) -> None:
+    """Wait until ``process`` has a handler for ``signum`` (Linux lists caught signals in /proc/PID/status)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = Path(f"/proc/{process.pid}/status").read_text()
+        caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+        if caught >> (signum - 1) & 1:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {process.pid} caught no signal {signum} after {timeout} s")
+
+
 def finish(process: subprocess.Popen, timeout: float = 60.0) -> tuple[int, str]:
     _, err = process.communicate(timeout=timeout)
     return process.returncode, err
@@ -74,7 +86,9 @@ def test_a_signal_during_training_saves_last_ckpt_names_it_and_exits_with_its_co
 )
 def test_a_signal_during_start_up_ends_in_one_line_without_a_traceback(tmp_path, signum, code, name):
     process = start(tmp_path, *LONG_FIT, "--trainer.max_epochs", "100")
-    time.sleep(0.3)  # importing torch and Lightning: the first seconds of any run
+    # The entry point's handlers are in place (SIGTERM's comes second), and torch and Lightning are loading: the
+    # first seconds of any run. A fixed wait instead raced Python's own start-up on a busy machine.
+    wait_until_caught(process, signal.SIGTERM)
     process.send_signal(signum)
     returncode, err = finish(process)
     assert returncode == code, err

@@ -7,44 +7,110 @@ than a tenth of the training itself.
 
 from __future__ import annotations
 
+import math
+import os
+import signal
+import sys
 import time
-from datetime import timedelta
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Checkpoint, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from typing_extensions import override
 
+from logreg import interrupt
+from logreg.errors import ConfigError
 
-class LastCheckpoint(ModelCheckpoint):
-    """``last.ckpt``, the state ``--ckpt_path last`` resumes from: written every ``every_seconds`` of training
-    and at the end of fit.
 
-    ``ModelCheckpoint(save_last=True)`` on the monitored callback would not do: Lightning refreshes that copy
-    only when a best checkpoint is saved, so after an epoch without improvement it holds an older state.
+class LastCheckpoint(Checkpoint):
+    """``last.ckpt``, the state ``--ckpt_path last`` resumes from: written every ``every_seconds`` of training,
+    at the end of fit, and at the batch where a signal stops the run.
+
+    On SIGINT (Ctrl+C) or SIGTERM during training it saves at the end of the current batch, prints one line
+    naming the file and how to resume, and raises :class:`~logreg.interrupt.Interrupted` (exit code 130 or
+    143). That needs the handlers of :func:`logreg.interrupt.install_handlers`, which the CLI installs; without
+    them (a Trainer used from Python) Ctrl+C behaves as Lightning makes it.
+
+    A ``Checkpoint`` (Lightning runs those after the other callbacks, so the file holds their state of the step),
+    but not ``ModelCheckpoint(train_time_interval=...)``: Lightning calls every callback at
+    about ten hooks of every step, and ModelCheckpoint's work there (a save decision, and a state key rebuilt for
+    each call) costs about 20 us per step, a twentieth of a small update; this one reads the clock once per step.
+    Nor ``ModelCheckpoint(save_last=True)``: that copy is refreshed only when a best checkpoint is saved.
 
     Args:
         every_seconds: Training time between two saves; a crash loses at most this much work.
 
     Example:
-        >>> LastCheckpoint(every_seconds=60).filename
-        'last'
+        >>> LastCheckpoint(every_seconds=60).every_seconds
+        60
     """
 
     def __init__(self, every_seconds: float = 30.0) -> None:
-        super().__init__(
-            filename="last",
-            monitor=None,
-            save_top_k=1,
-            enable_version_counter=False,
-            train_time_interval=timedelta(seconds=every_seconds),
-        )
+        if not every_seconds >= 0:
+            raise ConfigError(f"every_seconds must be zero or positive; got {every_seconds}.")
+        self.every_seconds = every_seconds
+        self.dirpath: str | None = None  # default <log_dir>/checkpoints, beside the best checkpoint
+        self._due = math.inf  # the clock's time of the next timed save
+
+    @property
+    def path(self) -> str:
+        """Where ``last.ckpt`` goes (known once the Trainer's ``setup`` ran)."""
+        return os.path.join(self.dirpath or "checkpoints", "last.ckpt")
+
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit" and self.dirpath is None:  # here, on every rank: trainer.log_dir is collective under DDP
+            self.dirpath = os.path.join(trainer.log_dir or trainer.default_root_dir, "checkpoints")
+
+    @override
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        interrupt.stop_at_batch_end(True)
+        self._due = time.monotonic() + self.every_seconds
+
+    @override
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        signum = interrupt.received()
+        save = signum is not None or (time.monotonic() >= self._due and _update_ended(trainer))
+        if trainer.world_size > 1:  # every rank saves, and stops, at the same batch: saving is collective
+            save = trainer.strategy.reduce_boolean_decision(save, all=False)
+            stop = save and trainer.strategy.reduce_boolean_decision(signum is not None, all=False)
+            signum = signum or (signal.SIGTERM if stop else None)
+        if not save:
+            return
+        trainer.save_checkpoint(self.path, weights_only=False)  # with the optimizer's state, to resume from
+        self._due = time.monotonic() + self.every_seconds
+        if signum is None:
+            return
+        if trainer.is_global_zero:
+            print(
+                f"Stopped by {interrupt.signal_name(signum)} at epoch {trainer.current_epoch}, step "
+                f"{trainer.global_step}; saved {self.path}. Resume with --ckpt_path last (or --ckpt_path {self.path}).",
+                file=sys.stderr,
+                flush=True,
+            )
+        raise interrupt.Interrupted(signum)
 
     @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.fast_dev_run:
-            trainer.save_checkpoint(self.format_checkpoint_name({}), weights_only=False)  # with the optimizer state
+            trainer.save_checkpoint(self.path, weights_only=False)
+
+    @override
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        interrupt.stop_at_batch_end(False)
+
+    @override
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        interrupt.stop_at_batch_end(False)  # a failed run may skip teardown; a later signal must not wait
+
+
+def _update_ended(trainer: L.Trainer) -> bool:
+    """Whether this batch ended a weight update, so that a checkpoint leaves no accumulated gradient out."""
+    progress = trainer.fit_loop.epoch_loop.batch_progress
+    return progress.current.ready % trainer.accumulate_grad_batches == 0 or progress.is_last_batch
 
 
 class ProgressBar(TQDMProgressBar):

@@ -38,7 +38,6 @@ from logreg.data import ConfigError, TabularDataModule
 from logreg.datasets import DataError
 from logreg.divergence import NonFiniteLossError, StopOnNonFiniteLoss
 from logreg.errors import WriteError
-from logreg.interrupt import StopOnSignal
 from logreg.predict import PredictionWriter
 from logreg.quiet import silence_harmless_messages
 
@@ -60,7 +59,8 @@ class LogRegCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_features", "model.init_args.num_features", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        # last.ckpt, to resume from: --last_checkpoint.every_seconds sets how much training a crash may lose.
+        # last.ckpt, to resume from, also saved when a signal stops training: --last_checkpoint.every_seconds sets
+        # how much training a crash may lose.
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(PredictionWriter, "prediction")
         parser.set_defaults(
@@ -265,10 +265,10 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> LogRegCLI:
         seed_everything_default=42,
         auto_configure_optimizers=False,  # the model takes its optimizer and scheduler as arguments
         # Default callbacks are added to any given with --trainer.callbacks.
-        # Checkpoints are written atomically (a temporary file, fsync, rename), and a signal saves last.ckpt.
+        # Checkpoints are written atomically (a temporary file, fsync, rename).
         trainer_defaults={
             "max_epochs": 20,
-            "callbacks": [StopOnNonFiniteLoss(), StopOnSignal()],
+            "callbacks": [StopOnNonFiniteLoss()],
             "plugins": [{"class_path": "logreg.atomic.AtomicCheckpointIO"}],
             # The summary would list the metric objects beside a 5-parameter layer, and like every callback it is
             # called at every step; --trainer.enable_model_summary true brings it back.
