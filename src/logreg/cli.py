@@ -27,12 +27,11 @@ import lightning as L
 import torch
 from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from typing_extensions import override
 
 from logreg import interrupt
-from logreg.callbacks import LastCheckpoint
+from logreg.callbacks import BestCheckpoint, LastCheckpoint
 from logreg.checkpoint import SavedRun, choose_last_checkpoint, claim_version, configure_columns, read_checkpoint
 from logreg.data import ConfigError, TabularDataModule
 from logreg.datasets import DataError
@@ -58,7 +57,7 @@ class LogRegCLI(LightningCLI):
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_features", "model.init_args.num_features", apply_on="instantiate")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(BestCheckpoint, "checkpoint")
         # last.ckpt, to resume from, also saved when a signal stops training: --last_checkpoint.every_seconds sets
         # how much training a crash may lose.
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
@@ -69,6 +68,9 @@ class LogRegCLI(LightningCLI):
                 "checkpoint.monitor": "val/loss",
                 "checkpoint.filename": "best-epoch{epoch}",
                 "checkpoint.auto_insert_metric_name": False,
+                # val/loss exists only after validation: check there, not at every training epoch's end (where a
+                # run without validation would look for it, in vain, after every epoch)
+                "checkpoint.save_on_train_epoch_end": False,
             }
         )
 

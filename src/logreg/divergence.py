@@ -50,7 +50,7 @@ class StopOnNonFiniteLoss(Callback):
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if loss is None:  # a skipped step
             return
-        self._pending.append(loss.reshape(()))
+        self._pending.append(loss if loss.ndim == 0 else loss.reshape(()))  # stacked later: one shape for all
         logged = trainer.global_step % trainer.log_every_n_steps == 0  # global_step counts this step already
         if logged or batch_idx + 1 == trainer.num_training_batches or len(self._pending) >= self.max_pending:
             self._check(trainer, pl_module)

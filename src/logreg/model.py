@@ -72,7 +72,6 @@ class BinaryClassifier(L.LightningModule):
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         scores = MetricCollection({"acc": BinaryAccuracy(), "auroc": BinaryAUROC(), "f1": BinaryF1Score()})
         self.val_scores, self.test_scores = scores.clone(prefix="val/"), scores.clone(prefix="test/")
-        self.train_loss = MeanMetric()  # the epoch mean, fed once per epoch from the sums below
         self._loss_sum, self._rows = torch.zeros(()), 0.0  # the epoch's summed training loss and its rows
 
     @override
@@ -100,14 +99,13 @@ class BinaryClassifier(L.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss, _ = self._shared_step(batch)
         rows = batch[2] / self.trainer.world_size if len(batch) == 3 else len(batch[1])  # rows behind this loss
-        if not hasattr(self, "_loss_sum"):  # resumed inside an epoch: Lightning skips on_train_epoch_start then
-            self.on_train_epoch_start()
         self._loss_sum.add_(loss.detach(), alpha=rows)
         self._rows += rows
         # Log only on the steps the logger writes (every log_every_n_steps): the same curve, but self.log on
-        # every step would cost about as much as a small weight update.
+        # every step would cost about as much as a small weight update. Not on the progress bar, which would
+        # read the value back from the device at every step; the bar shows the epoch's mean loss instead.
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
-            self.log("train/loss", loss, prog_bar=True, sync_dist=True)
+            self.log("train/loss", loss, sync_dist=True)
         if self.hparams.weight_decay:  # the logged loss stays the data term, comparable with val/loss
             decayed = (p.square().sum() for p in self.parameters() if p.ndim > 1)  # weights, not biases
             loss = loss + self.hparams.weight_decay / 2 * sum(decayed)
@@ -115,10 +113,11 @@ class BinaryClassifier(L.LightningModule):
 
     @override
     def on_train_epoch_end(self) -> None:
-        if self._rows:
-            self.train_loss.update(self._loss_sum / self._rows, weight=self._rows)
-            self.log("train/loss_epoch", self.train_loss.compute())  # compute() combines the DDP ranks
-            self.train_loss.reset()
+        if self._rows:  # the mean over all rows of the epoch, on every DDP rank (reduce is a no-op on one)
+            sums = self.trainer.strategy.reduce(
+                torch.stack([self._loss_sum, self._loss_sum.new_tensor(self._rows)]), reduce_op="sum"
+            )
+            self.log("train/loss_epoch", sums[0] / sums[1], prog_bar=True)
 
     @override
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
