@@ -45,6 +45,9 @@ from logreg.cli import build_cli
 from logreg.data import TabularDataModule, TensorBatches
 
 MODES = {"full": 1_000_000, "minibatch": 1_000_000, "example": 20_000}  # default rows per mode
+# Timed epochs per run and path: a full-batch epoch lasts about 20 ms, so three of them would be mostly noise.
+EPOCHS = {"full": 10, "minibatch": 1, "example": 1}
+NAIVE_EPOCHS = 1  # the naive path's epochs take seconds in every mode
 
 
 class EpochTimer(Callback):
@@ -119,9 +122,10 @@ def _data_args(mode: str, rows: int, features: int, batch_size: int) -> list[str
 
 
 def time_project(
-    mode: str, rows: int, features: int, batch_size: int, epochs: int, device: str, lr: float
+    mode: str, rows: int, features: int, batch_size: int, epochs: int, device: str, lr: float, without: str = ""
 ) -> list[float]:
-    """Epoch seconds of the project's own path, built exactly as ``logreg fit`` builds it."""
+    """Epoch seconds of the project's own path, built exactly as ``logreg fit`` builds it; ``without`` names a
+    default callback's class, or ``logger``, to leave out (what it costs is the difference)."""
     with tempfile.TemporaryDirectory() as root:
         cli = build_cli(
             [
@@ -132,6 +136,10 @@ def time_project(
             ],
             run=False,
         )
+        if without == "logger":
+            cli.trainer.loggers = []
+        elif without:
+            cli.trainer.callbacks = [c for c in cli.trainer.callbacks if type(c).__name__ != without]
         timer = EpochTimer(_sync_for(device))
         cli.trainer.callbacks.append(timer)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
@@ -193,11 +201,11 @@ def time_bare(
 
 
 @functools.cache
-def default_callbacks() -> int:
-    """How many callbacks ``logreg fit`` gives the Trainer."""
+def default_callbacks() -> tuple[str, ...]:
+    """The class names of the callbacks ``logreg fit`` gives the Trainer."""
     with tempfile.TemporaryDirectory() as root:
         args = ["--data.dataset", "synthetic", "--data.synthetic_rows", "100", "--trainer.default_root_dir", root]
-        return len(build_cli(args, run=False).trainer.callbacks)
+        return tuple(type(c).__name__ for c in build_cli(args, run=False).trainer.callbacks)
 
 
 def time_bare_callbacks(
@@ -207,7 +215,7 @@ def time_bare_callbacks(
     batches = TensorBatches(x, y, batch_size=batch_size, shuffle=shuffle)
     quiet = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
     model = BareLogisticRegression(x.shape[1], lr)
-    return _time_lightning(model, batches, epochs, device, callbacks=default_callbacks(), **quiet)
+    return _time_lightning(model, batches, epochs, device, callbacks=len(default_callbacks()), **quiet)
 
 
 def time_naive(
@@ -247,7 +255,8 @@ def benchmark_mode(
         for _ in range(repeats):
             times["project"] += time_project(mode, rows, features, batch_size, epochs, device, lr)
             for path, time_path in PATHS.items():
-                times[path] += time_path(x, y, size, shuffle, epochs, device, lr)
+                runs = NAIVE_EPOCHS if path == "naive" else epochs
+                times[path] += time_path(x, y, size, shuffle, runs, device, lr)
     median = {path: statistics.median(seconds) for path, seconds in times.items()}
     return {
         "mode": mode,
@@ -260,13 +269,36 @@ def benchmark_mode(
         "project_s": median["project"],
         "bare_s": median["bare"],
         "bare_callbacks_s": median["bare_callbacks"],
-        "callbacks": default_callbacks(),
+        "callbacks": list(default_callbacks()),
         "hand_s": median["hand"],
         "naive_s": median["naive"],
         "project_over_bare": median["project"] / median["bare"],
         "project_over_bare_callbacks": median["project"] / median["bare_callbacks"],
         "project_over_hand": median["project"] / median["hand"],
         "naive_over_project": median["naive"] / median["project"],
+        "samples": times,
+    }
+
+
+def ablate_mode(
+    mode: str, rows: int, features: int, batch_size: int, repeats: int, epochs: int, device: str, lr: float = 0.01
+) -> dict:
+    """What each default callback and the logger cost: the project's path without each, interleaved with the
+    whole, in microseconds per weight update (medians)."""
+    variants = ["", *default_callbacks(), "logger"]
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        for _ in range(repeats):
+            for variant in variants:
+                times[variant] += time_project(mode, rows, features, batch_size, epochs, device, lr, without=variant)
+    median = {v: statistics.median(seconds) for v, seconds in times.items()}
+    train_rows = rows - 2 * round(rows * _holdout(rows))
+    updates = math.ceil(train_rows / {"full": train_rows, "example": 1, "minibatch": batch_size}[mode])
+    return {
+        "mode": mode,
+        "updates_per_epoch": updates,
+        "project_s": median[""],
+        "cost_us_per_update": {v: (median[""] - median[v]) / updates * 1e6 for v in variants[1:]},
         "samples": times,
     }
 
@@ -330,21 +362,36 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--features", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=256, help="minibatch size")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per path")
-    parser.add_argument("--epochs", type=int, default=1, help="timed epochs per run, after one warm-up epoch")
+    parser.add_argument(
+        "--epochs", type=int, help=f"timed epochs per run, after one warm-up epoch (default per mode: {EPOCHS})"
+    )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--no-memory", action="store_true", help="skip the full-batch peak memory measurement")
+    parser.add_argument(
+        "--ablate", action="store_true", help="instead: what each default callback and the logger cost per update"
+    )
     parser.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_probe:
         _memory_probe(args.rows, args.features, args.device)
         return
+    if args.ablate:
+        ablations = []
+        for mode in args.modes:
+            epochs = args.epochs or EPOCHS[mode]
+            rows = args.rows or MODES[mode]
+            ablations.append(ablate_mode(mode, rows, args.features, args.batch_size, args.repeats, epochs, args.device))
+            costs = ", ".join(f"{k} {v:.1f}" for k, v in ablations[-1]["cost_us_per_update"].items())
+            print(f"{mode}: us per update: {costs}", flush=True)
+        if args.json:
+            args.json.write_text(json.dumps({"device": args.device, "ablations": ablations}, indent=2))
+        return
     results = []
     for mode in args.modes:
         rows = args.rows or MODES[mode]
-        results.append(
-            benchmark_mode(mode, rows, args.features, args.batch_size, args.repeats, args.epochs, args.device)
-        )
+        epochs = args.epochs or EPOCHS[mode]
+        results.append(benchmark_mode(mode, rows, args.features, args.batch_size, args.repeats, epochs, args.device))
         print(format_table(results[-1:]).splitlines()[-1], flush=True)
     report = {"device": args.device, "torch": torch.__version__, "lightning": L.__version__, "modes": results}
     if not args.no_memory:
