@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.tuner import Tuner
 
 from logreg import MLP, LogisticRegression, TabularDataModule
-from logreg.callbacks import LastCheckpoint
+from logreg.callbacks import BestCheckpoint, LastCheckpoint
 from logreg.cli import main
 
 # 200 synthetic rows: 120 training rows, so minibatches of 16 give ceil(120 / 16) = 8 updates per epoch.
@@ -261,6 +261,14 @@ def test_the_timed_last_checkpoint_waits_for_the_end_of_an_accumulated_update(tm
     trainer.fit(LogisticRegression(num_features=3), datamodule=dm)
     # updates after batches 3, 6 and the epoch's last, 8; then the end of fit saves again
     assert saved_at == [(3, 1), (6, 2), (8, 3), (8, 3)]
+
+
+def test_the_best_checkpoint_still_saves_every_n_train_steps_when_asked(tmp_path):
+    dm = TabularDataModule(dataset="synthetic", synthetic_rows=200, synthetic_features=3, batch_size=16)  # 8 batches
+    every_3 = BestCheckpoint(dirpath=tmp_path, filename="{step}", every_n_train_steps=3, save_top_k=-1)
+    trainer = L.Trainer(max_steps=7, callbacks=[every_3], logger=False, enable_progress_bar=False)
+    trainer.fit(LogisticRegression(num_features=3), datamodule=dm)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step=3.ckpt", "step=6.ckpt"]
 
 
 def test_a_default_fit_prints_no_warning(tmp_path):

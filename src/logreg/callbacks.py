@@ -2,9 +2,9 @@
 each cheap per step.
 
 Lightning calls every callback at about ten hooks of every step, so a callback's per-step work counts against
-an update that takes half a millisecond. They also keep per-epoch work small, because a full-batch epoch on a million rows takes about 20 ms on a laptop
-CPU: writing a checkpoint after every such epoch, or redrawing the bar four times per epoch, would cost more
-than a tenth of the training itself.
+an update that takes half a millisecond. Per-epoch work stays small too, because a full-batch epoch on a
+million rows takes about 20 ms on a laptop CPU: writing a checkpoint after every such epoch, or redrawing the
+bar four times per epoch, would cost more than a tenth of the training itself.
 """
 
 from __future__ import annotations
