@@ -1,5 +1,7 @@
 """Training on a CUDA device: run where one is visible, skipped elsewhere (the ``gpu`` marker, see conftest.py)."""
 
+import functools
+
 import lightning as L
 import pytest
 import torch
@@ -11,7 +13,7 @@ pytestmark = pytest.mark.gpu
 
 def train(accelerator: str, **data_args) -> tuple[LogisticRegression, TabularDataModule, L.Trainer]:
     dm = TabularDataModule(**data_args)
-    model = LogisticRegression(num_features=4, lr=0.5, momentum=0.5)
+    model = LogisticRegression(num_features=4, lr=0.5, optimizer=functools.partial(torch.optim.SGD, momentum=0.5))
     trainer = L.Trainer(
         accelerator=accelerator, max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False
     )
@@ -25,12 +27,12 @@ def test_accelerator_auto_trains_on_the_gpu_with_the_data_held_there():
     x_train, _ = dm.split("train")
     assert x_train.device.type == "cuda"
     # the batches served are already on the GPU (views of the held split): nothing is copied from the host per step
-    (bx, by), *_ = next(iter(dm.train_dataloader()))  # the first update batch of the first group
+    bx, by = next(iter(dm.train_dataloader()))  # the first batch (one update)
     assert bx.device.type == by.device.type == "cuda"
     full_dm = TabularDataModule(batch_mode="full")
     full_dm.trainer = trainer
     full_dm.setup("fit")
-    (((fx, _),),) = full_dm.train_dataloader()  # one group of one update batch
+    ((fx, _),) = full_dm.train_dataloader()  # one batch, one update: the whole split
     assert fx.data_ptr() == full_dm.split("train")[0].data_ptr()
 
 
