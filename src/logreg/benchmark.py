@@ -111,6 +111,25 @@ def _holdout(rows: int) -> float:
     return max(1e-4, 1.0 / rows)
 
 
+def _training_rows(rows: int, features: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The standardised training split of the synthetic table every path trains on, as the CLI's data module
+    makes it from ``_data_args``."""
+    dm = TabularDataModule(
+        dataset="synthetic",
+        synthetic_rows=rows,
+        synthetic_features=features,
+        val_fraction=_holdout(rows),
+        test_fraction=_holdout(rows),
+    )
+    dm.setup("fit")
+    x, y = dm.split("train")
+    return x.to(device), y.to(device)
+
+
+def _rows_per_update(mode: str, train_rows: int, batch_size: int) -> int:
+    return {"full": train_rows, "example": 1, "minibatch": batch_size}[mode]
+
+
 def _data_args(mode: str, rows: int, features: int, batch_size: int) -> list[str]:
     holdout = str(_holdout(rows))
     return [
@@ -238,16 +257,8 @@ def benchmark_mode(
     mode: str, rows: int, features: int, batch_size: int, repeats: int, epochs: int, device: str, lr: float = 0.01
 ) -> dict:
     """Interleaved runs of the five paths for one batch mode; medians of the timed epochs and their ratios."""
-    dm = TabularDataModule(
-        dataset="synthetic",
-        synthetic_rows=rows,
-        synthetic_features=features,
-        val_fraction=_holdout(rows),
-        test_fraction=_holdout(rows),
-    )
-    dm.setup("fit")
-    x, y = (t.to(device) for t in dm.split("train"))  # the same standardised training rows for every path
-    size = {"full": len(x), "example": 1, "minibatch": batch_size}[mode]
+    x, y = _training_rows(rows, features, device)  # the same standardised training rows for every path
+    size = _rows_per_update(mode, len(x), batch_size)
     shuffle = mode != "full"
     times: dict[str, list[float]] = {"project": [], **{path: [] for path in PATHS}}
     # Both Lightning paths draw progress bars; send them to /dev/null alike so the table stays readable.
@@ -292,8 +303,8 @@ def ablate_mode(
             for variant in variants:
                 times[variant] += time_project(mode, rows, features, batch_size, epochs, device, lr, without=variant)
     median = {v: statistics.median(seconds) for v, seconds in times.items()}
-    train_rows = rows - 2 * round(rows * _holdout(rows))
-    updates = math.ceil(train_rows / {"full": train_rows, "example": 1, "minibatch": batch_size}[mode])
+    train_rows = len(_training_rows(rows, features, "cpu")[0])
+    updates = math.ceil(train_rows / _rows_per_update(mode, train_rows, batch_size))
     return {
         "mode": mode,
         "updates_per_epoch": updates,
