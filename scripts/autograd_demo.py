@@ -3,7 +3,7 @@
 Usage: python scripts/autograd_demo.py
 """
 
-from logreg.autograd_demo import main
+from logreg.lessons.autograd_demo import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

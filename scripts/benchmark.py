@@ -5,7 +5,7 @@ python scripts/benchmark.py --rows 20000 --repeats 1   # a quick look
 python scripts/benchmark.py --ablate --modes example --rows 5000 --json out.json  # what each callback costs
 """
 
-from logreg.benchmark import main
+from logreg.benchmarks.training import main
 
 if __name__ == "__main__":
     main()

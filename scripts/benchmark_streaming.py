@@ -4,7 +4,7 @@ python scripts/benchmark_streaming.py --rows 50000000 --json out.json   # the is
 python scripts/benchmark_streaming.py --rows 1000000 --skip throughput  # a quick look
 """
 
-from logreg.benchmark_streaming import main
+from logreg.benchmarks.streaming import main
 
 if __name__ == "__main__":
     main()

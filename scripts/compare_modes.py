@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from logreg.compare import DEFAULT_LR, FIGURE_NAME, MODES, TABLE_NAME, compare_modes, summary
-from logreg.datasets import DataError
+from logreg.lessons.compare import DEFAULT_LR, FIGURE_NAME, MODES, TABLE_NAME, compare_modes, summary
+from logreg.machinery.errors import DataError
 
 
 def positive(kind):

@@ -7,7 +7,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from logreg.atomic import AtomicCheckpointIO, AtomicFile, WriteError
+from logreg.machinery.atomic import AtomicCheckpointIO, AtomicFile, WriteError
 
 
 def test_a_file_appears_whole_or_not_at_all(tmp_path):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from logreg.autograd_demo import EXPECTED, SATURATING, check, main, saturation, walk_through
+from logreg.lessons.autograd_demo import EXPECTED, SATURATING, check, main, saturation, walk_through
 
 SCRIPT = Path(__file__).parents[1] / "scripts" / "autograd_demo.py"
 

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from logreg.benchmark import main
+from logreg.benchmarks.training import main
 
 
 @pytest.mark.slow
@@ -52,7 +52,7 @@ def test_benchmark_runs_all_five_paths_on_tiny_data_and_writes_consistent_json(t
 
 @pytest.mark.slow
 def test_ablation_times_the_project_without_each_default_callback_and_without_the_logger(tmp_path, monkeypatch):
-    from logreg import benchmark
+    from logreg.benchmarks import training as benchmark
 
     left_out = []
     time_project = benchmark.time_project

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from logreg.benchmark_streaming import main
+from logreg.benchmarks.streaming import main
 
 
 @pytest.mark.slow

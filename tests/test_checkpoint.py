@@ -5,14 +5,14 @@ import pytest
 import torch
 from jsonargparse import Namespace
 
-from logreg.checkpoint import (
+from logreg.machinery.checkpoint import (
     choose_last_checkpoint,
     claim_version,
     configure_columns,
     find_last_checkpoint,
     read_checkpoint,
 )
-from logreg.datasets import DataError
+from logreg.machinery.errors import DataError
 
 
 def test_read_checkpoint_returns_the_model_size_and_the_training_columns(trained):

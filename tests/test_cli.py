@@ -10,8 +10,8 @@ from conftest import scalars
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 from logreg import LogisticRegression, TabularDataModule
-from logreg.callbacks import ProgressBar
 from logreg.cli import build_cli, main
+from logreg.machinery.callbacks import ProgressBar
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 TINY = ["--data.dataset", "synthetic", "--data.synthetic_rows", "200", "--data.synthetic_features", "3"]
@@ -123,7 +123,7 @@ def test_last_checkpoint_holds_the_final_epoch_even_when_val_loss_got_worse(tmp_
 # DDP on CPU: 2 processes talking over gloo. 203 synthetic rows leave 121 training rows, odd, so the shards of a
 # global batch cannot be equal; validation (41 rows) is split 20 / 21.
 DDP_ROWS = ["--data.dataset", "synthetic", "--data.synthetic_rows", "203", "--data.synthetic_features", "3"]
-MLP = ["--model", "logreg.mlp.MLP", "--model.hidden", "4"]
+MLP = ["--model", "logreg.models.MLP", "--model.hidden", "4"]
 DDP_CPU = ["--config", "configs/ddp.yaml", "--trainer.accelerator", "cpu", "--trainer.devices", "2"]
 
 
@@ -201,7 +201,7 @@ def test_ddp_on_two_processes_trains_like_one_process_with_the_global_batch(
         # a scheduler's state, and a model class of its own with its hyperparameters rebuilt from the checkpoint
         (
             [
-                *("--model", "logreg.mlp.MLP", "--model.hidden", "4", "--data.batch_size", "16"),
+                *("--model", "logreg.models.MLP", "--model.hidden", "4", "--data.batch_size", "16"),
                 *("--model.lr_scheduler", "StepLR", "--model.lr_scheduler.step_size", "1"),
                 *("--model.optimizer.momentum", "0.5"),
             ],
@@ -260,7 +260,7 @@ def test_resuming_with_no_epochs_left_ends_in_one_line_and_leaves_no_run_directo
 
 
 def test_a_full_disk_during_fit_names_the_checkpoint_and_keeps_the_earlier_one(tmp_path, full_disk, monkeypatch):
-    from logreg.atomic import AtomicFile
+    from logreg.machinery.atomic import AtomicFile
 
     opened = 0
     real_init = AtomicFile.__init__

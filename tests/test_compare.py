@@ -10,7 +10,7 @@ from conftest import scalars
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from logreg import LogisticRegression, TabularDataModule
-from logreg.compare import DEFAULT_LR, FIGURE_NAME, MODES, TABLE_NAME, LossTrace, compare_modes, loss_noise
+from logreg.lessons.compare import DEFAULT_LR, FIGURE_NAME, MODES, TABLE_NAME, LossTrace, compare_modes, loss_noise
 
 ROOT = Path(__file__).parents[1]
 TINY = {"synthetic_rows": 200, "synthetic_features": 3}  # 120 training rows

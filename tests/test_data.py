@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from logreg import LogisticRegression, TabularDataModule, TensorBatches
-from logreg.data import ConfigError
-from logreg.datasets import DataError
+from logreg.machinery.errors import ConfigError, DataError
 
 
 def fitted_steps(batch_mode: str, epochs: int = 1, **data_args) -> tuple[int, int]:

@@ -3,7 +3,7 @@ import gzip
 import pytest
 import torch
 
-from logreg.datasets import (
+from logreg.data.tables import (
     DataError,
     find_columns,
     load_banknote,

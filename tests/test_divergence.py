@@ -8,7 +8,7 @@ from conftest import scalars
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from logreg import LogisticRegression, TabularDataModule
-from logreg.divergence import NonFiniteLossError, StopOnNonFiniteLoss
+from logreg.machinery.divergence import NonFiniteLossError, StopOnNonFiniteLoss
 
 SMALL = {"dataset": "synthetic", "synthetic_rows": 103, "synthetic_features": 3}  # 61 training rows
 

@@ -15,7 +15,7 @@ import torch
 from conftest import QUIET, scalars, separable_csv
 
 from logreg.cli import main
-from logreg.model import LogisticRegression
+from logreg.models import LogisticRegression
 
 
 def run(args: list[str], capsys) -> tuple[int, str]:

@@ -15,8 +15,8 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.tuner import Tuner
 
 from logreg import MLP, LogisticRegression, TabularDataModule
-from logreg.callbacks import BestCheckpoint, LastCheckpoint
 from logreg.cli import main
+from logreg.machinery.callbacks import BestCheckpoint, LastCheckpoint
 
 # 200 synthetic rows: 120 training rows, so minibatches of 16 give ceil(120 / 16) = 8 updates per epoch.
 TINY = ["--data.dataset", "synthetic", "--data.synthetic_rows", "200", "--data.synthetic_features", "3"]
@@ -35,10 +35,10 @@ def last_checkpoint(run: Path) -> dict:
 
 
 def test_another_model_by_class_path_trains_resumes_and_predicts(tmp_path):
-    run = fit(tmp_path, "--model", "logreg.mlp.MLP", "--model.hidden", "6", "--trainer.max_epochs", "2")
+    run = fit(tmp_path, "--model", "logreg.models.MLP", "--model.hidden", "6", "--trainer.max_epochs", "2")
     ckpt = last_checkpoint(run)
     assert ckpt["state_dict"]["net.0.weight"].shape == (6, 3) and "linear.weight" not in ckpt["state_dict"]
-    assert ckpt["hyper_parameters"]["_class_path"] == "logreg.mlp.MLP" and ckpt["hyper_parameters"]["hidden"] == 6
+    assert ckpt["hyper_parameters"]["_class_path"] == "logreg.models.MLP" and ckpt["hyper_parameters"]["hidden"] == 6
     # --ckpt_path rebuilds the checkpoint's class and hyperparameters: no --model given here
     resumed = fit(tmp_path, "--trainer.max_epochs", "3", "--ckpt_path", "last")
     assert yaml.safe_load((resumed / "config.yaml").read_text())["model"]["init_args"]["hidden"] == 6
@@ -109,7 +109,7 @@ def test_a_csv_logger_beside_tensorboard(tmp_path):
                 "trainer": {
                     "logger": [
                         {
-                            "class_path": "logreg.loggers.TensorBoardLogger",
+                            "class_path": "logreg.machinery.loggers.TensorBoardLogger",
                             "init_args": {"save_dir": str(tmp_path), "name": "tb"},
                         },
                         {

@@ -6,9 +6,9 @@ import pytest
 import torch
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from logreg import interrupt
-from logreg.callbacks import LastCheckpoint
-from logreg.interrupt import Interrupted
+from logreg.machinery import interrupt
+from logreg.machinery.callbacks import LastCheckpoint
+from logreg.machinery.interrupt import Interrupted
 
 
 @pytest.fixture

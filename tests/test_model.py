@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from logreg import MLP, ConfigError, LogisticRegression, TabularDataModule
 from logreg.cli import build_cli
-from logreg.loggers import TensorBoardLogger
+from logreg.machinery.loggers import TensorBoardLogger
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 SMALL = {"dataset": "synthetic", "synthetic_rows": 103, "synthetic_features": 3}

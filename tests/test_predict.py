@@ -7,7 +7,7 @@ import torch
 from conftest import QUIET
 
 from logreg.cli import main
-from logreg.predict import HEADER
+from logreg.machinery.predict import HEADER
 
 
 def predict_with(ckpt: Path, data: Path, root: Path, *extra: str) -> None:
@@ -181,7 +181,7 @@ def test_a_full_disk_while_predicting_leaves_no_partial_file(trained, tmp_path, 
 
 
 def test_two_predictions_to_one_output_never_replace_each_others_file(trained, tmp_path, monkeypatch):
-    from logreg.predict import PredictionWriter
+    from logreg.machinery.predict import PredictionWriter
 
     out = tmp_path / "p.csv"
     finish = PredictionWriter.on_predict_end

@@ -6,9 +6,10 @@ import pytest
 import torch
 from conftest import separable_csv
 
-from logreg.datasets import DataError, load_banknote, read_csv
-from logreg.prepare import main, prepare, split_uniform
-from logreg.streaming import PreparedData
+from logreg.data.tables import load_banknote, read_csv
+from logreg.machinery.errors import DataError
+from logreg.streaming.data import PreparedData
+from logreg.streaming.prepare import main, prepare, split_uniform
 
 
 def sorted_rows(t: torch.Tensor) -> np.ndarray:

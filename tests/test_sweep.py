@@ -21,7 +21,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from logreg.cli import main
-from logreg.sweep import Space, best_lr_per_batch_size, check_space
+from logreg.sweep.sweep import Space, best_lr_per_batch_size, check_space
 
 REPO = Path(__file__).resolve().parents[1]
 MINIBATCH = str(REPO / "configs" / "minibatch.yaml")

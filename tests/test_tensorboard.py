@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import scalars
 
-from logreg import loggers
 from logreg.cli import main
+from logreg.machinery import loggers
 
 TINY = ["--data.dataset", "synthetic", "--data.synthetic_rows", "200", "--data.synthetic_features", "3"]
 # CPU, as in CI, even where a GPU is visible; progress bars and summaries would only fill the output.

@@ -8,13 +8,13 @@ from typing import Any
 # Imported on first use, so `logreg` (the command) starts without loading torch until it needs to, and
 # Ctrl+C while it loads ends without a traceback (see logreg.launch).
 _EXPORTS = {
-    "MLP": "logreg.mlp",
-    "BinaryClassifier": "logreg.model",
-    "ConfigError": "logreg.errors",
-    "DataError": "logreg.errors",
-    "LogisticRegression": "logreg.model",
-    "TabularDataModule": "logreg.data",
-    "TensorBatches": "logreg.data",
+    "MLP": "logreg.models.mlp",
+    "BinaryClassifier": "logreg.models.classifier",
+    "ConfigError": "logreg.machinery.errors",
+    "DataError": "logreg.machinery.errors",
+    "LogisticRegression": "logreg.models.logistic",
+    "TabularDataModule": "logreg.data.tabular",
+    "TensorBatches": "logreg.data.batches",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -1,9 +1,9 @@
 """The command line: ``logreg fit | validate | test | predict``, configured by YAML through LightningCLI,
-``logreg prepare`` (``logreg.prepare``), which converts a table for streaming, and ``logreg sweep``
-(``logreg.sweep``), a hyperparameter search whose trials are ``logreg fit`` runs.
+``logreg prepare`` (``logreg.streaming.prepare``), which converts a table for streaming, and ``logreg sweep``
+(``logreg.sweep.sweep``), a hyperparameter search whose trials are ``logreg fit`` runs.
 
 Config keys are the ``__init__`` arguments of the model, the data module and the Trainer. The model is
-any LightningModule that takes ``num_features`` (``--model logreg.mlp.MLP``; default
+any LightningModule that takes ``num_features`` (``--model logreg.models.MLP``; default
 ``LogisticRegression``), its optimizer and scheduler are classes chosen the same way
 (``--model.optimizer Adam``). The number of features flows from the data to the model by
 ``link_arguments``, so it is never typed. With ``--ckpt_path`` Lightning rebuilds the checkpoint's model
@@ -30,18 +30,23 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from typing_extensions import override
 
-from logreg import interrupt
-from logreg.callbacks import BestCheckpoint, LastCheckpoint
-from logreg.checkpoint import SavedRun, choose_last_checkpoint, claim_version, configure_columns, read_checkpoint
-from logreg.data import ConfigError, TabularDataModule
-from logreg.datasets import DataError
-from logreg.divergence import NonFiniteLossError, StopOnNonFiniteLoss
-from logreg.errors import WriteError
-from logreg.predict import PredictionWriter
-from logreg.quiet import silence_harmless_messages
+from logreg.data import TabularDataModule
+from logreg.machinery import interrupt
+from logreg.machinery.callbacks import BestCheckpoint, LastCheckpoint
+from logreg.machinery.checkpoint import (
+    SavedRun,
+    choose_last_checkpoint,
+    claim_version,
+    configure_columns,
+    read_checkpoint,
+)
+from logreg.machinery.divergence import NonFiniteLossError, StopOnNonFiniteLoss
+from logreg.machinery.errors import ConfigError, DataError, WriteError
+from logreg.machinery.predict import PredictionWriter
+from logreg.machinery.quiet import silence_harmless_messages
 
 DEFAULT_LOG_DIR = "lightning_logs"
-DEFAULT_MODEL = "logreg.model.LogisticRegression"
+DEFAULT_MODEL = "logreg.models.LogisticRegression"
 USER_ERRORS = (DataError, ConfigError, NonFiniteLossError, WriteError)
 EVALUATIONS = ("validate", "test")  # they, and predict, get run directories of their own, named after the command
 SEED_RANGE = (0, 2**32 - 1)  # what Lightning's seed_everything (numpy's generator) accepts
@@ -108,7 +113,7 @@ class LogRegCLI(LightningCLI):
             "ProgressBar" in c.class_path for c in callbacks
         ):
             # Lightning's default bar redraws at every step, which costs more than a small update (see ProgressBar).
-            config.trainer.callbacks = [*callbacks, Namespace(class_path="logreg.callbacks.ProgressBar")]
+            config.trainer.callbacks = [*callbacks, Namespace(class_path="logreg.machinery.callbacks.ProgressBar")]
         root = config.trainer.default_root_dir or DEFAULT_LOG_DIR
         self._check_trainer_flags(config)
         if self.saved is not None:
@@ -136,7 +141,7 @@ class LogRegCLI(LightningCLI):
                     config.trainer.default_root_dir = str(self.run_dir)
             else:
                 config.trainer.logger = Namespace(
-                    class_path="logreg.loggers.TensorBoardLogger",
+                    class_path="logreg.machinery.loggers.TensorBoardLogger",
                     init_args=Namespace(save_dir=root, name=name, version=version),
                 )
 
@@ -271,7 +276,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> LogRegCLI:
         trainer_defaults={
             "max_epochs": 20,
             "callbacks": [StopOnNonFiniteLoss()],
-            "plugins": [{"class_path": "logreg.atomic.AtomicCheckpointIO"}],
+            "plugins": [{"class_path": "logreg.machinery.atomic.AtomicCheckpointIO"}],
             # The summary would list the metric objects beside a 5-parameter layer, and like every callback it is
             # called at every step; --trainer.enable_model_summary true brings it back.
             "enable_model_summary": False,
@@ -290,14 +295,14 @@ def _causes(err: BaseException | None) -> Iterator[BaseException]:
 def main(args: list[str] | None = None) -> None:
     """Run the CLI on ``args`` (default: the command line), e.g. ``main(["fit", "--trainer.max_epochs", "5"])``."""
     argv = sys.argv[1:] if args is None else list(args)
-    if argv[:1] == ["prepare"]:  # not a Trainer method: its own parser (logreg.prepare)
-        from logreg.prepare import main as prepare_main
+    if argv[:1] == ["prepare"]:  # not a Trainer method: its own parser (logreg.streaming.prepare)
+        from logreg.streaming.prepare import main as prepare_main
 
         prepare_main(argv[1:])
         return
-    if argv[:1] == ["sweep"]:  # not a Trainer method: its own parser (logreg.sweep); it reports its own mistakes
+    if argv[:1] == ["sweep"]:  # not a Trainer method: its own parser (logreg.sweep.sweep); it reports its own mistakes
         try:
-            from logreg.sweep import main as sweep_main
+            from logreg.sweep.sweep import main as sweep_main
         except ConfigError as err:  # Optuna, an optional extra, is missing: the message says how to install it
             raise SystemExit(f"error: {err}") from None
         sweep_main(argv[1:])

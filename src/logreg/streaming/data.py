@@ -44,7 +44,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 import torch
 
-from logreg.errors import ConfigError, DataError
+from logreg.machinery.errors import ConfigError, DataError
 
 LITDATA_REQUIREMENT = "litdata==0.2.76"
 Split = Literal["train", "val", "test"]
@@ -124,7 +124,7 @@ class PreparedData:
         """Every row of a split in stored order, (rows, D + 1) float32, unstandardised: for small data and checks.
 
         >>> import tempfile
-        >>> from logreg.prepare import prepare
+        >>> from logreg.streaming.prepare import prepare
         >>> out = tempfile.mkdtemp() + "/prepared"
         >>> data = PreparedData.read(prepare("banknote", out) and out)
         >>> tuple(data.load("train").shape) == (data.rows["train"], 5)
@@ -199,7 +199,7 @@ class StreamingBatches:
 
     Example:
         >>> import tempfile
-        >>> from logreg.prepare import prepare
+        >>> from logreg.streaming.prepare import prepare
         >>> out = tempfile.mkdtemp() + "/prepared"
         >>> _ = prepare("synthetic", out, synthetic_rows=500, synthetic_features=3, block_rows=16)
         >>> data = PreparedData.read(out)
@@ -415,7 +415,7 @@ class StreamingBatches:
 class CsvBatches:
     """Standardised batches of a CSV file read piece by piece in file order: prediction on a file of any size.
 
-    Columns are matched by name as :func:`logreg.datasets.read_csv` matches them, with its messages.
+    Columns are matched by name as :func:`logreg.data.tables.read_csv` matches them, with its messages.
 
     Args:
         path: The CSV file.
@@ -446,14 +446,14 @@ class CsvBatches:
         feature_columns: list[str] | None = None,
         need_label: bool = True,
     ) -> None:
-        from logreg.datasets import find_columns, read_header
+        from logreg.data.tables import find_columns, read_header
 
         find_columns(path, read_header(path), label_column, feature_columns)  # a file that does not fit fails now
         self.path, self.mean, self.std, self.batch_size = path, mean.float(), std.float(), batch_size
         self.label_column, self.feature_columns, self.need_label = label_column, feature_columns, need_label
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        from logreg import prepare
+        from logreg.streaming import prepare
 
         pieces = prepare.read_csv_in_pieces(
             self.path, self.label_column, self.feature_columns, self.need_label, prepare.PIECE_BYTES

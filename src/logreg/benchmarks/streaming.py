@@ -73,7 +73,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     """Run ``case`` in a child process; its JSON report plus the tree's peak PSS and the wall time."""
     started = time.perf_counter()
     child = subprocess.Popen(
-        [sys.executable, "-m", "logreg.benchmark_streaming", "--child", json.dumps(case)],
+        [sys.executable, "-m", "logreg.benchmarks.streaming", "--child", json.dumps(case)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -107,7 +107,7 @@ def _peak_rss() -> int:
 
 def _fit(case: dict[str, Any]) -> dict[str, Any]:
     """``logreg fit`` as the CLI builds it, validation off, with each epoch timed."""
-    from logreg.benchmark import EpochTimer
+    from logreg.benchmarks.training import EpochTimer
     from logreg.cli import build_cli
 
     with tempfile.TemporaryDirectory() as root:
@@ -144,8 +144,8 @@ def child(case: dict[str, Any]) -> None:
     import torch
 
     from logreg.cli import build_cli  # noqa: F401 -- every case imports what `logreg` imports
-    from logreg.datasets import read_csv
-    from logreg.prepare import prepare
+    from logreg.data.tables import read_csv
+    from logreg.streaming.prepare import prepare
 
     torch.set_num_threads(THREADS)  # the cores are shared: more threads would wait on each other
     baseline = _rss_now()

@@ -23,7 +23,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from typing_extensions import override
 
-from logreg.errors import WriteError
+from logreg.machinery.errors import WriteError
 
 
 def write_error(path: Path, err: OSError, what: str = "file") -> WriteError:

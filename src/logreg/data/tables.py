@@ -17,7 +17,7 @@ from typing import NoReturn
 import numpy as np
 import torch
 
-from logreg.errors import DataError
+from logreg.machinery.errors import DataError
 
 BANKNOTE_PATH = Path(__file__).parent / "resources" / "data_banknote_authentication.txt"
 BANKNOTE_COLUMNS = ("variance", "skewness", "curtosis", "entropy", "class")
@@ -330,7 +330,7 @@ def check_row(path: str | Path, header: Sequence[str], label: int | None, row: S
     >>> check_row("f.csv", ["a", "label"], 1, ["1.5", "yes"], line=7)
     Traceback (most recent call last):
     ...
-    logreg.errors.DataError: f.csv: labels in column 'label' must be 0 or 1, found 'yes' on line 7.
+    logreg.machinery.errors.DataError: f.csv: labels in column 'label' must be 0 or 1, found 'yes' on line 7.
     """
     if not row:
         return

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from logreg.datasets import DataError
+from logreg.machinery.errors import DataError
 
 DATAMODULE_KEY = "TabularDataModule"  # Lightning stores a data module's state under its class name
 
@@ -48,7 +48,7 @@ def read_checkpoint(path: str | Path) -> SavedRun:
     >>> read_checkpoint("no/such.ckpt")
     Traceback (most recent call last):
     ...
-    logreg.errors.DataError: no/such.ckpt: no such checkpoint file.
+    logreg.machinery.errors.DataError: no/such.ckpt: no such checkpoint file.
     """
     path = Path(path)
     if not path.is_file():

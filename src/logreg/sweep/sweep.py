@@ -33,8 +33,8 @@ import lightning as L
 import yaml
 from jsonargparse import ArgumentParser
 
-from logreg.divergence import NonFiniteLossError
-from logreg.errors import ConfigError, DataError
+from logreg.machinery.divergence import NonFiniteLossError
+from logreg.machinery.errors import ConfigError, DataError
 
 try:
     import optuna

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from logreg.datasets import (
+from logreg.data.tables import (
     BANKNOTE_COLUMNS,
     BANKNOTE_PATH,
     check_row,
@@ -49,11 +49,11 @@ from logreg.datasets import (
     find_columns,
     read_header,
 )
-from logreg.datasets import (
+from logreg.data.tables import (
     _raise_not_utf8 as raise_not_utf8,
 )
-from logreg.errors import ConfigError, DataError
-from logreg.streaming import import_litdata
+from logreg.machinery.errors import ConfigError, DataError
+from logreg.streaming.data import import_litdata
 
 METADATA = "logreg.json"
 FORMAT = "logreg-prepared-1"
@@ -262,7 +262,7 @@ def read_csv_in_pieces(
 ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     """(features (n, D), labels (n,) or None) float32 of a CSV file, piece after piece, in file order.
 
-    The columns and checks are those of :func:`logreg.datasets.read_csv`, with the same messages; memory
+    The columns and checks are those of :func:`logreg.data.tables.read_csv`, with the same messages; memory
     holds one piece of about ``piece_bytes`` of text at a time, whatever the file's size.
 
     >>> import tempfile, os

@@ -12,9 +12,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from logreg.atomic import AtomicFile
-from logreg.data import ConfigError
-from logreg.datasets import DataError
+from logreg.machinery.atomic import AtomicFile
+from logreg.machinery.errors import ConfigError, DataError
 
 HEADER = "row,probability,prediction"
 
@@ -24,7 +23,7 @@ class PredictionWriter(Callback):
 
     ``row`` counts the input's data rows from 0 (row r is line r + 2 of a CSV file with its header),
     ``probability`` is p(y = 1 | x) and ``prediction`` is 1 where it reaches ``threshold``. The rows go to
-    a hidden file next to the output (:class:`~logreg.atomic.AtomicFile`), fsync'ed and given the output's
+    a hidden file next to the output (:class:`~logreg.machinery.atomic.AtomicFile`), fsync'ed and given the output's
     name when prediction ends, so a failed run, a full disk or a kill leaves no half-written file. An
     existing file is never replaced, and the input never: of two runs writing the same output, the second
     to finish keeps its rows in its hidden file and says so.

@@ -24,11 +24,11 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from logreg.callbacks import ProgressBar
 from logreg.data import TabularDataModule
-from logreg.datasets import DataError
-from logreg.loggers import TensorBoardLogger
-from logreg.model import LogisticRegression
+from logreg.machinery.callbacks import ProgressBar
+from logreg.machinery.errors import DataError
+from logreg.machinery.loggers import TensorBoardLogger
+from logreg.models import LogisticRegression
 
 #: The order of the table and the legend: the fewest updates first.
 MODES = ("full", "minibatch", "example")

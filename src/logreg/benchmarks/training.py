@@ -318,7 +318,7 @@ def measure_memory(rows: int, features: int, device: str) -> dict:
     """Peak resident memory of a fresh process training the project in full-batch mode, against the data size."""
     probe = ["--memory-probe", "--device", device, "--rows", str(rows), "--features", str(features)]
     result = subprocess.run(
-        [sys.executable, "-m", "logreg.benchmark", *probe],
+        [sys.executable, "-m", "logreg.benchmarks.training", *probe],
         capture_output=True,
         text=True,
         check=True,

@@ -1,7 +1,7 @@
 """Stopping a run with a signal: Ctrl+C (SIGINT) or SIGTERM (what SLURM, Kubernetes and ``kill`` send).
 
 During training the first signal does not stop the process where it happens to be (half-way through an
-update, the weights and the step count would disagree): :class:`logreg.callbacks.LastCheckpoint` stops it at
+update, the weights and the step count would disagree): :class:`logreg.machinery.callbacks.LastCheckpoint` stops it at
 the end of the current training batch, saves ``last.ckpt`` at that step, prints one line naming it and how to
 resume, and exits with the shell's code for the signal (130 for SIGINT, 143 for SIGTERM), so a scheduler
 never reads a stopped run as a success. A second Ctrl+C stops at once, without saving. Outside training (start-up,

@@ -3,7 +3,7 @@
 ``BinaryClassifier`` holds everything but the network: the loss, the metrics, the optimizer and the
 logging, in Lightning's automatic optimization (one training batch, one weight update). A model is a
 subclass that builds its layers and defines ``forward`` (rows -> logits); ``LogisticRegression`` is the
-smallest one, ``logreg.mlp.MLP`` another. The model does not know which gradient-descent variant runs:
+smallest one, ``logreg.models.MLP`` another. The model does not know which gradient-descent variant runs:
 the data module decides that by the size of the batches it serves.
 
 ``binary_cross_entropy_with_logits`` takes logits, not probabilities: it equals sigmoid followed by BCE,
@@ -23,7 +23,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryF1Score
 from typing_extensions import override
 
-from logreg.errors import ConfigError
+from logreg.machinery.errors import ConfigError
 
 Batch = tuple[torch.Tensor, ...]  # (x (B, D), y (B,)) or, under DDP, (x, y, rows of the global batch)
 # An optimizer class, called with the parameters and the learning rate. The learning rate is the model's own
@@ -168,40 +168,3 @@ class BinaryClassifier(L.LightningModule):
     def _log_evaluation(self, stage: str, loss_metric: MeanMetric, scores: MetricCollection) -> None:
         self.log(f"{stage}/loss", loss_metric, prog_bar=stage == "val")
         self.log_dict(scores, prog_bar=stage == "val")
-
-
-class LogisticRegression(BinaryClassifier):
-    """p(y = 1 | x) = sigmoid(w . x + b), trained on the mean binary cross-entropy.
-
-    The weights start at zero: the loss is convex, so the start does not change the optimum, and runs are
-    reproducible without a weight-initialisation seed.
-
-    Args:
-        num_features: Inputs per row; the CLI links it from the data module.
-        lr: Learning rate.
-        weight_decay: L2 penalty on the weights (not the bias), see ``BinaryClassifier``.
-        optimizer: The optimizer class (default SGD: plain gradient descent, the lesson of this template).
-        lr_scheduler: An optional learning-rate scheduler.
-
-    Example:
-        >>> model = LogisticRegression(num_features=4)
-        >>> model(torch.zeros(3, 4))
-        tensor([0., 0., 0.], grad_fn=<SqueezeBackward1>)
-    """
-
-    def __init__(
-        self,
-        num_features: int,
-        lr: float = 0.1,
-        weight_decay: float = 0.0,
-        optimizer: Optimizer = torch.optim.SGD,
-        lr_scheduler: LRSchedulerCallable | None = None,
-    ) -> None:
-        super().__init__(lr, weight_decay, optimizer, lr_scheduler)
-        self.linear = torch.nn.Linear(num_features, 1)
-        torch.nn.init.zeros_(self.linear.weight)
-        torch.nn.init.zeros_(self.linear.bias)
-
-    @override
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x).squeeze(-1)  # (B, D) -> (B,) logits

@@ -2,7 +2,7 @@
 
 It changes nothing but the network: the loss, metrics, optimizer, logging, checkpoints, resume, DDP and
 ``predict`` come from ``BinaryClassifier``, and the data module is the same. Train it with
-``logreg fit --model logreg.mlp.MLP --model.hidden 32``.
+``logreg fit --model logreg.models.MLP --model.hidden 32``.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable
 from typing_extensions import override
 
-from logreg.errors import ConfigError
-from logreg.model import BinaryClassifier, Optimizer
+from logreg.machinery.errors import ConfigError
+from logreg.models.classifier import BinaryClassifier, Optimizer
 
 
 class MLP(BinaryClassifier):

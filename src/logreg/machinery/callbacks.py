@@ -22,8 +22,8 @@ from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint, TQDMProgres
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from typing_extensions import override
 
-from logreg import interrupt
-from logreg.errors import ConfigError
+from logreg.machinery import interrupt
+from logreg.machinery.errors import ConfigError
 
 
 class BestCheckpoint(ModelCheckpoint):
@@ -57,8 +57,8 @@ class LastCheckpoint(Checkpoint):
     at the end of fit, and at the batch where a signal stops the run.
 
     On SIGINT (Ctrl+C) or SIGTERM during training it saves at the end of the current batch, prints one line
-    naming the file and how to resume, and raises :class:`~logreg.interrupt.Interrupted` (exit code 130 or
-    143). That needs the handlers of :func:`logreg.interrupt.install_handlers`, which the CLI installs; without
+    naming the file and how to resume, and raises :class:`~logreg.machinery.interrupt.Interrupted` (exit code 130 or
+    143). That needs the handlers of :func:`logreg.machinery.interrupt.install_handlers`, which the CLI installs; without
     them (a Trainer used from Python) Ctrl+C behaves as Lightning makes it.
 
     A ``Checkpoint`` (Lightning runs those after the other callbacks, so the file holds their state of the step),

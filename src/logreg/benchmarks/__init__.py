@@ -1,0 +1,1 @@
+"""Benchmarks: the template against a hand-written loop, bare Lightning and a naive template; streaming."""

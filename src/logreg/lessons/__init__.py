@@ -1,0 +1,1 @@
+"""The lessons around the template: autograd by hand, and the three modes compared side by side."""
