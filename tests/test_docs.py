@@ -1,0 +1,36 @@
+"""The README and the pages under docs/: every relative link resolves, and the README stays short."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")  # [text](target) and ![alt](target)
+CODE = re.compile(r"```.*?```|`[^`\n]*`", re.DOTALL)  # fenced blocks and inline code hold no links
+README_LIMIT = 12_500  # bytes: a newcomer reads it to the end; the rest lives under docs/
+
+
+def relative_links(page: Path) -> list[str]:
+    text = CODE.sub("", page.read_text(encoding="utf-8"))
+    return [target for target in LINK.findall(text) if not re.match(r"[a-z][a-z0-9+.-]*:", target)]
+
+
+def test_the_pages_have_relative_links():
+    # guards the pattern itself: the README links every page under docs/
+    linked = {(ROOT / target).resolve() for target in relative_links(ROOT / "README.md")}
+    assert {page.resolve() for page in PAGES[1:]} <= linked
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.relative_to(ROOT).as_posix())
+def test_every_relative_link_names_an_existing_file_without_an_anchor(page):
+    for target in relative_links(page):
+        # an anchor breaks silently when a heading is reworded; link the page, name the section in words
+        assert "#" not in target, f"{page.name}: link {target!r} carries an anchor"
+        assert (page.parent / target).is_file(), f"{page.name}: link {target!r} names no file"
+
+
+def test_the_readme_stays_short():
+    size = len((ROOT / "README.md").read_bytes())
+    assert size < README_LIMIT, f"README.md is {size} bytes; move detail to a page under docs/"
