@@ -3,12 +3,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
-from jsonargparse import Namespace
 
 from logreg.machinery.checkpoint import (
     choose_last_checkpoint,
     claim_version,
-    configure_columns,
     find_last_checkpoint,
     read_checkpoint,
 )
@@ -16,7 +14,7 @@ from logreg.machinery.errors import DataError
 
 
 def test_read_checkpoint_returns_the_model_size_and_the_training_columns(trained):
-    saved = read_checkpoint(trained["ckpt"])
+    saved = read_checkpoint(trained["ckpt"], data_key="TabularDataModule")
     assert (saved.num_features, saved.feature_names, saved.label_name) == (3, ["a", "b", "c"], "label")
 
 
@@ -54,26 +52,6 @@ def test_of_equal_progress_the_newest_checkpoint_wins_then_the_highest_version(t
         find_last_checkpoint(tmp_path / "empty")
 
 
-def test_the_data_configuration_points_at_the_checkpoint_for_its_columns(trained):
-    saved = read_checkpoint(trained["ckpt"])
-    data = Namespace(feature_columns=None, label_column=None, columns_from=None)
-    configure_columns(data, saved)
-    # The names stay in the checkpoint, out of the parsed configuration; the data module reads them there.
-    assert (data.feature_columns, data.label_column, data.columns_from) == (None, None, str(trained["ckpt"]))
-    data = Namespace(feature_columns=["a", "b", "c"], label_column="target", columns_from=None)
-    configure_columns(data, saved)
-    assert data.label_column == "target"  # the label's name does not change the model
-
-
-def test_a_checkpoint_without_column_names_leaves_the_columns_to_the_file(trained, tmp_path):
-    old = torch.load(trained["ckpt"], weights_only=True)
-    del old["TabularDataModule"]["feature_names"]
-    torch.save(old, tmp_path / "old.ckpt")
-    data = Namespace(feature_columns=None, label_column=None, columns_from=None)
-    configure_columns(data, read_checkpoint(tmp_path / "old.ckpt"))
-    assert data.feature_columns is None and data.columns_from is None
-
-
 @pytest.mark.parametrize(
     ("section", "key", "value"),
     [("state_dict", "linear.weight", float("nan")), ("TabularDataModule", "std", float("inf"))],
@@ -84,7 +62,7 @@ def test_a_checkpoint_with_non_finite_values_is_refused_naming_them(trained, tmp
     torch.save(broken, tmp_path / "diverged.ckpt")
     what = "weights" if section == "state_dict" else "standardisation statistics"
     with pytest.raises(DataError) as error:
-        read_checkpoint(tmp_path / "diverged.ckpt")
+        read_checkpoint(tmp_path / "diverged.ckpt", data_key="TabularDataModule")
     assert str(error.value) == (
         f"{tmp_path}/diverged.ckpt: its {what} hold non-finite values ({key} has {value}), so every prediction "
         "would be nan; use a checkpoint saved before the values became non-finite, or retrain."

@@ -45,7 +45,8 @@ def test_fit_writes_tensorboard_metrics_checkpoints_and_the_resolved_config(tmp_
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert len(list((run / "checkpoints").glob("best-epoch*.ckpt"))) == 1
     config = yaml.safe_load((run / "config.yaml").read_text())
-    assert config["data"]["batch_mode"] == "minibatch"
+    assert config["data"]["init_args"]["batch_mode"] == "minibatch"
+    assert config["data"]["class_path"] == "logreg.TabularDataModule"  # the default data module
     assert config["model"]["class_path"] == "logreg.LogisticRegression"  # the default model
     assert "num_features" not in config["model"]["init_args"]  # linked from the data, never typed ...
     assert yaml.safe_load((run / "hparams.yaml").read_text())["num_features"] == 3  # ... yet the model got it
@@ -292,7 +293,6 @@ def test_predict_keeps_the_checkpoints_column_names_out_of_the_parsed_configurat
     cli = build_cli([*args, "--prediction.output", str(out)])
     # The argument parser copies a list value once per element whenever it checks the configuration: with
     # 10,000 column names that made predict take minutes. The names are read from the checkpoint instead.
-    assert cli.config.predict.data.feature_columns is None
-    assert cli.config.predict.data.columns_from == str(ckpt)
+    assert cli.config.predict.data.init_args.feature_columns is None
     assert cli.datamodule.feature_names == ["x0", "x1", "x2"] and cli.model.hparams.num_features == 3
     assert len(out.read_text().splitlines()) == 201  # and the predictions are written, one per row

@@ -34,3 +34,29 @@ def test_every_relative_link_names_an_existing_file_without_an_anchor(page):
 def test_the_readme_stays_short():
     size = len((ROOT / "README.md").read_bytes())
     assert size < README_LIMIT, f"README.md is {size} bytes; move detail to a page under docs/"
+
+
+def python_block(page: Path, defines: str) -> str:
+    """The fenced Python block of ``page`` that defines ``defines`` (e.g. ``class Deep``), word for word."""
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), re.DOTALL)
+    (block,) = [b for b in blocks if defines in b]
+    return block
+
+
+@pytest.mark.slow
+def test_the_readme_model_recipe_trains_from_a_file_in_the_current_directory(tmp_path):
+    import subprocess
+    import sys
+
+    import torch
+
+    (tmp_path / "my_model.py").write_text(python_block(ROOT / "README.md", "class Deep"))
+    args = ["fit", "--model", "my_model.Deep", "--model.hidden", "5", "--model.optimizer", "Adam"]
+    args += ["--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu"]
+    # the `logreg` command, run where the user's file is, as the README says
+    logreg = Path(sys.executable).parent / "logreg"
+    result = subprocess.run([str(logreg), *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "lightning_logs/minibatch/version_0/checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["hyper_parameters"]["_class_path"] == "my_model.Deep" and ckpt["global_step"] == 2 * 26
+    assert ckpt["state_dict"]["net.0.weight"].shape == (5, 4)  # hidden 5, the banknote's 4 features

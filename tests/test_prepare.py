@@ -160,8 +160,8 @@ def test_cli_writes_the_directory_and_reports_bad_options(tmp_path, capsys):
     assert not Path(tmp_path / "y").exists()
 
 
-def test_logreg_prepare_is_a_command_of_the_cli(tmp_path, capsys):
-    from logreg.cli import main as logreg
+def test_logreg_prepare_is_a_command_of_logreg(tmp_path, capsys):
+    from logreg.launch import main as logreg
 
     logreg(["prepare", "banknote", str(tmp_path / "bn"), "--seed", "3"])
     assert "Prepared 1,372 rows of 4 features from banknote" in capsys.readouterr().out

@@ -13,6 +13,8 @@ from logreg.cli import build_cli, main
 from logreg.streaming.data import PreparedData, StreamingBatches, is_prepared
 from logreg.streaming.prepare import prepare
 
+STREAMED = "logreg.streaming.StreamingDataModule"
+
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> PreparedData:
@@ -204,6 +206,7 @@ def test_full_batch_on_streamed_chunks_is_in_memory_gradient_descent(tmp_path, b
     checkpoint = fit(
         tmp_path,
         data.url,
+        *("--data", STREAMED),  # chunk_rows is the streamed module's own argument
         "--data.batch_mode",
         "full",
         "--data.chunk_rows",
@@ -237,7 +240,8 @@ def fit_on_two_processes(root: Path, dataset: str, *extra: str) -> dict:
 
 @pytest.mark.slow
 def test_full_batch_on_two_processes_is_the_same_gradient_descent(tmp_path, prepared):
-    args = ["--data.batch_mode", "full", "--data.chunk_rows", "100", "--model.lr", "2", "--trainer.max_epochs", "6"]
+    args = ["--data", STREAMED, "--data.batch_mode", "full", "--data.chunk_rows", "100", "--model.lr", "2"]
+    args += ["--trainer.max_epochs", "6"]
     checkpoint = fit_on_two_processes(tmp_path, prepared.url, *args)
     assert checkpoint["global_step"] == 6
     torch.testing.assert_close(weights(checkpoint), gradient_descent(prepared, 2.0, 6), rtol=0, atol=1e-6)
@@ -266,7 +270,8 @@ def test_minibatch_and_example_modes_take_one_update_per_batch(tmp_path, prepare
 def test_a_resumed_streamed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path, prepared):
     # 587 rows in batches of 50: 12 updates per epoch. The uninterrupted run also saves at steps 17 (inside the
     # second epoch, after a window of 4 blocks) and 24 (an epoch's end); each resumed run must end on its weights.
-    args = ["--data.batch_mode", "minibatch", "--data.batch_size", "50", "--model.lr", "0.5", "--data.chunk_rows", "64"]
+    args = ["--data", STREAMED, "--data.batch_mode", "minibatch", "--data.batch_size", "50", "--model.lr", "0.5"]
+    args += ["--data.chunk_rows", "64"]
     every = ["--trainer.callbacks+", "ModelCheckpoint", "--trainer.callbacks.every_n_train_steps", "17"]
     every += ["--trainer.callbacks.save_top_k", "-1", "--trainer.callbacks.filename", "{step}"]
     whole = fit(tmp_path / "whole", prepared.url, *args, "--trainer.max_epochs", "4", *every)

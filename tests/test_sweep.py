@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from logreg.cli import main
+from logreg.launch import main
 from logreg.sweep.sweep import Space, best_lr_per_batch_size, check_space
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,7 +102,7 @@ def test_six_trials_each_an_ordinary_run_with_its_config_checkpoints_and_state(s
         # the run's resolved config holds exactly the sampled values, on top of the fit configs
         model = config["model"].get("init_args", config["model"])  # the model is chosen by class path
         assert (model["lr"], model["weight_decay"]) == (t.params["model.lr"], t.params["model.weight_decay"])
-        assert config["data"]["batch_size"] == t.params["data.batch_size"]
+        assert config["data"]["init_args"]["batch_size"] == t.params["data.batch_size"]
         assert config["trainer"]["max_epochs"] == 3  # given after --
         tab = hparams_tab(run)  # TensorBoard's HPARAMS tab compares the trials by these
         assert (tab["lr"], tab["batch_size"]) == (pytest.approx(t.params["model.lr"]), t.params["data.batch_size"])

@@ -1,18 +1,30 @@
-"""The ``logreg`` command's entry point, free of heavy imports: Ctrl+C or SIGTERM while torch and Lightning
-load (the first seconds of every run) ends in one line and exit code 130 or 143, not in an import traceback
-or a silent exit."""
+"""The ``logreg`` command: ``fit | validate | test | predict`` go to the LightningCLI (``logreg.cli``), the
+commands of the optional extras to theirs (``prepare``: ``logreg.streaming.prepare``, ``sweep``:
+``logreg.sweep``), each imported only when used.
+
+Free of heavy imports itself: Ctrl+C or SIGTERM while torch and Lightning load (the first seconds of every
+run) ends in one line and exit code 130 or 143, not in an import traceback or a silent exit."""
 
 from __future__ import annotations
 
+import importlib
+import os
 import signal
 import sys
 from types import FrameType
 
 _NAMES = {signal.SIGINT: "SIGINT (Ctrl+C)", signal.SIGTERM: "SIGTERM"}
+# Commands that are not Trainer methods: each has its own parser and reports its own mistakes in one line.
+EXTRA_COMMANDS = {"prepare": "logreg.streaming.prepare", "sweep": "logreg.sweep"}
 
 
 def main(args: list[str] | None = None) -> None:
-    """Import the CLI, then run it on ``args`` (default: the command line)."""
+    """Import the command's module, then run it on ``args`` (default: the command line)."""
+    argv = sys.argv[1:] if args is None else list(args)
+    if args is None and "" not in sys.path and os.getcwd() not in sys.path:
+        # As `python -m logreg` does: a class path may name a module of the current directory (--model my.Model).
+        sys.path.insert(0, os.getcwd())
+    module = EXTRA_COMMANDS.get(argv[0], "logreg.cli") if argv else "logreg.cli"
     received: list[int] = []
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -21,7 +33,7 @@ def main(args: list[str] | None = None) -> None:
 
     earlier = {signum: signal.signal(signum, stop) for signum in _NAMES}
     try:
-        from logreg.cli import main as run_cli
+        run = importlib.import_module(module).main
     except KeyboardInterrupt:
         signum = received[0] if received else signal.SIGINT
         print(f"error: stopped by {_NAMES[signum]} during start-up; nothing was written.", file=sys.stderr)
@@ -29,4 +41,4 @@ def main(args: list[str] | None = None) -> None:
     finally:
         for signum, handler in earlier.items():
             signal.signal(signum, handler)
-    run_cli(args)
+    run(argv[1:] if module != "logreg.cli" else argv)

@@ -8,15 +8,18 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from logreg.batch import Batch, ShardBatch
+
 
 class TensorBatches:
-    """One epoch of batches sliced from tensors that share their first dimension.
+    """One epoch of :class:`~logreg.batch.Batch` es sliced from features and labels held in memory.
 
     Shuffling draws a new order each epoch from (seed, epoch), so a run resumed at epoch e sees the same
     batches as one that never stopped.
 
     Args:
-        *tensors: Tensors of shape (N, ...), e.g. features (N, D) and labels (N,).
+        x: Features, shape (N, D).
+        y: Labels, shape (N,); None for unlabelled rows (prediction).
         batch_size: Rows per batch; the last batch holds the remainder.
         shuffle: Whether to draw a new row order every epoch.
         seed: Seed of the shuffle.
@@ -24,7 +27,7 @@ class TensorBatches:
         rank: This process's rank under DDP.
         world_size: Number of DDP processes. Above 1, each batch of ``batch_size`` rows is a global batch:
             this object yields shard ``rank`` of it (rows ``[rank * n // W, (rank + 1) * n // W)`` of its
-            ``n`` rows) followed by ``n``, so batches are ``(*shards, n)``.
+            ``n`` rows) as a :class:`~logreg.batch.ShardBatch` ``(x, y, n)``.
         trained: Returns how many batches of the current epoch were trained (e.g. the Trainer's count); saved
             by ``state_dict``, so a resumed epoch skips them. Default: none, the epoch starts from its beginning.
 
@@ -32,9 +35,9 @@ class TensorBatches:
         >>> batches = TensorBatches(torch.arange(10.0).view(5, 2), torch.zeros(5), batch_size=2)
         >>> len(batches), [tuple(x.shape) for x, y in batches]
         (3, [(2, 2), (2, 2), (1, 2)])
-        >>> [(x[:, 0].tolist(), n) for x, y, n in TensorBatches(*batches.tensors, batch_size=5, rank=1, world_size=2)]
+        >>> [(x[:, 0].tolist(), n) for x, y, n in TensorBatches(batches.x, batches.y, batch_size=5, rank=1, world_size=2)]
         [([4.0, 6.0, 8.0], 5)]
-        >>> resumed = TensorBatches(*batches.tensors, batch_size=2)
+        >>> resumed = TensorBatches(batches.x, batches.y, batch_size=2)
         >>> resumed.load_state_dict({"epoch": 0, "batches": 2})
         >>> [len(x) for x, y in resumed]  # the rest of epoch 0, then whole epochs again
         [1]
@@ -42,7 +45,9 @@ class TensorBatches:
 
     def __init__(
         self,
-        *tensors: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor | None = None,
+        *,
         batch_size: int,
         shuffle: bool = False,
         seed: int = 0,
@@ -51,7 +56,7 @@ class TensorBatches:
         world_size: int = 1,
         trained: Callable[[], int] | None = None,
     ) -> None:
-        self.tensors = tensors
+        self.x, self.y = x, y
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
@@ -64,7 +69,7 @@ class TensorBatches:
         self._resume: dict[str, int] | None = None
 
     def __len__(self) -> int:
-        return math.ceil(len(self.tensors[0]) / self.batch_size)  # under DDP: global batches
+        return math.ceil(len(self.x) / self.batch_size)  # under DDP: global batches
 
     def state_dict(self) -> dict[str, int]:
         """Where the epoch stands: its number and the batches of it trained so far."""
@@ -74,8 +79,8 @@ class TensorBatches:
         """Make the next pass over epoch ``state_dict["epoch"]`` skip its first ``state_dict["batches"]``."""
         self._resume = dict(state_dict)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor | int, ...]]:
-        tensors = self.tensors
+    def __iter__(self) -> Iterator[Batch | ShardBatch]:
+        x, y = self.x, self.y
         epoch = self._epoch() if self._epoch is not None else self._passes
         self._passes += 1
         self._current_epoch = epoch
@@ -86,29 +91,30 @@ class TensorBatches:
             # Distinct seeds per (seed, epoch) pair; the order is drawn on the CPU so it is the same on any device
             # and on every DDP rank.
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            order = torch.randperm(len(tensors[0]), generator=gen)
+            order = torch.randperm(len(x), generator=gen)
         if self.world_size > 1:
             yield from self._shards(order, skip)
             return
-        if order is not None:
-            tensors = tuple(t[order.to(t.device)] for t in tensors)  # one gather per epoch, then views
-        for start in range(skip * self.batch_size, len(tensors[0]), self.batch_size):
-            yield tuple(t[start : start + self.batch_size] for t in tensors)
+        if order is not None:  # one gather per epoch, then views
+            x, y = x[order.to(x.device)], None if y is None else y[order.to(y.device)]
+        size = self.batch_size
+        for start in range(skip * size, len(x), size):
+            yield Batch(x[start : start + size], None if y is None else y[start : start + size])
 
-    def _shards(self, order: torch.Tensor | None, skip: int) -> Iterator[tuple[torch.Tensor | int, ...]]:
-        """This rank's shard of every global batch from batch ``skip`` on, each followed by the batch's rows."""
-        n = len(self.tensors[0])
+    def _shards(self, order: torch.Tensor | None, skip: int) -> Iterator[ShardBatch]:
+        """This rank's shard of every global batch from batch ``skip`` on, with the global batch's rows."""
+        n = len(self.x)
         rank, world = self.rank, self.world_size
         bounds = []  # (first, end, rows of the global batch) of this rank's shard, per global batch
         for start in range(skip * self.batch_size, n, self.batch_size):
             rows = min(self.batch_size, n - start)
             bounds.append((start + rank * rows // world, start + (rank + 1) * rows // world, rows))
-        tensors = self.tensors
+        x, y = self.x, self.y
         if order is not None and bounds:  # gather this rank's rows of the epoch's batches once, then serve views
             picked = torch.cat([order[first:end] for first, end, _ in bounds])
-            tensors = tuple(t[picked.to(t.device)] for t in tensors)
+            x, y = x[picked.to(x.device)], y[picked.to(y.device)]
             sizes = [end - first for first, end, _ in bounds]
             ends = list(itertools.accumulate(sizes))
             bounds = [(end - size, end, rows) for end, size, (_, _, rows) in zip(ends, sizes, bounds, strict=True)]
         for first, end, rows in bounds:
-            yield (*(t[first:end] for t in tensors), rows)
+            yield ShardBatch(x[first:end], y[first:end], rows)

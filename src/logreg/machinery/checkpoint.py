@@ -1,12 +1,13 @@
-"""What a checkpoint says before anything is built from it: that it is one, and which columns its model reads.
+"""What a checkpoint says before anything is built from it, which one ``--ckpt_path last`` means, and the run
+directories (``version_N``) each run claims for itself.
 
 The CLI reads a ``--ckpt_path`` file here first, so a truncated or unrelated file ends in one sentence
-instead of an unpickling traceback, and the data module can be configured with the checkpoint's feature
-columns before the model's ``num_features`` is linked from it.
+instead of an unpickling traceback, and the model's ``num_features`` comes from the checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,34 +17,40 @@ import torch
 
 from logreg.machinery.errors import DataError
 
-DATAMODULE_KEY = "TabularDataModule"  # Lightning stores a data module's state under its class name
-
 
 @dataclass(frozen=True)
 class SavedRun:
-    """The parts of a logreg checkpoint the CLI needs before instantiating the model and the data.
+    """The parts of a checkpoint the CLI needs before the model and the data module are built.
 
     Attributes:
         path: The checkpoint file.
-        num_features: The model's input size.
-        feature_names: The training data's feature columns, in the model's order; None in checkpoints
-            written before the names were saved.
-        label_name: The training data's label column, if known.
+        num_features: The model's input size, from its hyperparameters (None: the model saved none).
+        data_state: The data module's ``state_dict`` as saved (None: that data module saved none).
         epochs_done: Training epochs completed when it was saved (a run resumed from it with ``max_epochs``
             at or below this has nothing left to train).
         global_step: Weight updates done when it was saved.
     """
 
     path: Path
-    num_features: int
-    feature_names: list[str] | None
-    label_name: str | None
+    num_features: int | None
+    data_state: dict[str, Any] | None = None
     epochs_done: int = 0
     global_step: int = 0
 
+    @property
+    def feature_names(self) -> list[str] | None:
+        """The training data's feature columns, in the model's order, where the data module saved them."""
+        return (self.data_state or {}).get("feature_names")
 
-def read_checkpoint(path: str | Path) -> SavedRun:
-    """Load ``path`` on the CPU and check that a logreg run wrote it; raise DataError otherwise.
+    @property
+    def label_name(self) -> str | None:
+        return (self.data_state or {}).get("label_name")
+
+
+def read_checkpoint(path: str | Path, data_key: str | None = None) -> SavedRun:
+    """Load ``path`` on the CPU and check that it is a Lightning checkpoint with finite values; raise
+    DataError otherwise. ``data_key`` is where Lightning saved the data module's state (its class's name), for a
+    checkpoint that does not say which data module it was trained with.
 
     >>> read_checkpoint("no/such.ckpt")
     Traceback (most recent call last):
@@ -61,19 +68,21 @@ def read_checkpoint(path: str | Path) -> SavedRun:
             f"{path}: not a readable checkpoint; it is truncated, damaged or another kind of file "
             f"(torch.load raised {type(err).__name__})."
         ) from None
-    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-    data = checkpoint.get(DATAMODULE_KEY) if isinstance(checkpoint, dict) else None
-    if not isinstance(hparams, dict) or "num_features" not in hparams or not isinstance(data, dict):
-        raise DataError(
-            f"{path}: not a logreg checkpoint; it lacks the model's hyperparameters or the data statistics."
-        )
-    _check_finite(path, checkpoint.get("state_dict"), "weights")
+    if not isinstance(checkpoint, dict) or not {"pytorch-lightning_version", "state_dict"} <= checkpoint.keys():
+        raise DataError(f"{path}: not a Lightning checkpoint; it lacks the model's weights or Lightning's version.")
+    hparams = checkpoint.get("hyper_parameters")
+    num_features = hparams.get("num_features") if isinstance(hparams, dict) else None
+    # The state of the data module it was trained with (LightningCLI records that class), else of ``data_key``'s
+    trained_with = (checkpoint.get("datamodule_hyper_parameters") or {}).get("_class_path")
+    data_key = trained_with.rsplit(".", 1)[-1] if isinstance(trained_with, str) else data_key
+    data = checkpoint.get(data_key) if data_key is not None else None
+    data = data if isinstance(data, dict) else None
+    _check_finite(path, checkpoint["state_dict"], "weights")
     _check_finite(path, data, "standardisation statistics")
     return SavedRun(
         path,
-        int(hparams["num_features"]),
-        data.get("feature_names"),
-        data.get("label_name"),
+        None if num_features is None else int(num_features),
+        data,
         epochs_done=_epochs_done(checkpoint),
         global_step=int(checkpoint.get("global_step", 0)),
     )
@@ -187,23 +196,27 @@ def claim_version(runs: Path) -> int:
             version += 1
 
 
+_claims: list[tuple[Path, list[Path]]] = []  # run directories claimed by this process, with parents made for them
+
+
+def claim_run_dir(runs: Path) -> Path:
+    """:func:`claim_version`'s ``runs/version_N``, remembered so that :func:`release_empty_run_dirs` removes it
+    (and the parents made for it) if the run fails before writing anything into it."""
+    new = [d for d in (runs, runs.parent) if not d.exists()]
+    path = runs / f"version_{claim_version(runs)}"
+    _claims.append((path, new))
+    return path
+
+
+def release_empty_run_dirs() -> None:
+    """Remove the run directories claimed so far that stayed empty, and their parents made for them."""
+    while _claims:
+        path, new = _claims.pop()
+        with contextlib.suppress(OSError):  # not empty: the run wrote something worth keeping
+            path.rmdir()
+            for directory in new:
+                directory.rmdir()
+
+
 def _version(name: str) -> int:
     return int(re.sub(r"\D", "", name) or -1)  # version_12 -> 12
-
-
-def configure_columns(data: Any, saved: SavedRun) -> None:
-    """Point the data configuration at the checkpoint for its feature and label columns (``columns_from``).
-
-    ``data`` is the ``data`` section of the parsed configuration (a jsonargparse Namespace). The names stay
-    in the checkpoint: in the configuration the parser would copy the list once per element at every
-    validation, which costs minutes for 10,000 columns. Explicit ``feature_columns`` must match them.
-    """
-    if saved.feature_names is None:
-        return
-    given = data.feature_columns
-    if given is not None and list(given) != list(saved.feature_names):
-        raise DataError(
-            f"--data.feature_columns {', '.join(given)} differ from the features the checkpoint {saved.path} "
-            f"was trained on: {', '.join(saved.feature_names)}."
-        )
-    data.columns_from = str(saved.path)

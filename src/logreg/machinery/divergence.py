@@ -18,9 +18,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
+from logreg.machinery.errors import NonFiniteLossError
 
-class NonFiniteLossError(ArithmeticError):
-    """The training loss became NaN or infinite; the message names the epoch and step."""
+__all__ = ["NonFiniteLossError", "StopOnNonFiniteLoss", "describe_optimizer"]
 
 
 class StopOnNonFiniteLoss(Callback):

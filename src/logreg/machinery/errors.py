@@ -1,7 +1,17 @@
-"""The mistakes a user can make, as exception types whose message is one sentence naming what and where.
+"""The mistakes a user can make, as exception types whose message is one sentence naming what and where, and
+the one place that turns an exception into that sentence for every command (``fit``, ``prepare``, ``sweep``...).
 
-The CLI prints such a message as ``error: <sentence>`` and exits 1, without a traceback.
+A command prints such a message as ``error: <sentence>`` and exits 1 (2 for a malformed command line or a
+Trainer flag Lightning refuses), without a traceback. Anything else is a bug, and keeps its traceback.
 """
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn, TypeVar
+
+T = TypeVar("T")
 
 
 class DataError(ValueError):
@@ -14,3 +24,80 @@ class ConfigError(ValueError):
 
 class WriteError(RuntimeError):
     """A file could not be written (a full disk, a read-only directory); earlier files are left intact."""
+
+
+class NonFiniteLossError(ArithmeticError):
+    """The training loss became NaN or infinite; the message names the epoch and step."""
+
+
+USER_ERRORS = (DataError, ConfigError, WriteError, NonFiniteLossError)
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line: jsonargparse and Lightning spread theirs over indented lines.
+
+    >>> one_line(ValueError("Parser key 'data':\\n    not a number"))
+    "Parser key 'data': not a number"
+    """
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def causes(err: BaseException | None) -> Iterator[BaseException]:
+    """``err`` and the exceptions it was raised from or during (jsonargparse wraps what an ``__init__`` raises)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__
+
+
+def raised_in(err: BaseException, package: str) -> bool:
+    """Whether ``err`` was raised by code of ``package`` itself (its traceback's innermost frame is there)."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).startswith(package + ".")
+
+
+def user_message(
+    err: BaseException, is_usage: Callable[[BaseException], bool] = lambda e: False
+) -> tuple[str, int] | None:
+    """The one-line message and exit code for an exception the user's input caused; None for anything else.
+
+    Args:
+        err: The exception.
+        is_usage: Whether an exception (of ``err``'s chain) is a mistake in the command line or the flags
+            (exit code 2); each command knows its parser's and framework's types.
+    """
+    chain = list(causes(err))
+    for e in chain:
+        if is_usage(e):
+            return one_line(e), 2
+        if isinstance(e, USER_ERRORS):
+            return str(e), 1
+    io_error = next((e for e in chain if isinstance(e, OSError) and e.filename), None)
+    if io_error is not None:  # a directory that cannot be written (read-only, full), met outside the atomic writers
+        return f"{io_error.filename}: {io_error.strerror or io_error}.", 1
+    return None
+
+
+def exit_with(message: str, code: int) -> NoReturn:
+    """Exit with ``code`` after ``error: <message>`` on stderr (for code 1, as ``SystemExit``'s own message)."""
+    if code == 1:
+        raise SystemExit(f"error: {message}") from None
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code) from None
+
+
+def reporting(
+    run: Callable[..., T], *args: Any, is_usage: Callable[[BaseException], bool] = lambda e: False, **kwargs: Any
+) -> T:
+    """``run(*args, **kwargs)``, with a mistake of the user's ending in one line and its exit code (see
+    :func:`user_message`)."""
+    try:
+        return run(*args, **kwargs)
+    except Exception as err:
+        found = user_message(err, is_usage)
+        if found is None:
+            raise
+        exit_with(*found)

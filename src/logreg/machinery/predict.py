@@ -55,7 +55,8 @@ class PredictionWriter(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "predict" or not trainer.is_global_zero:
             return
-        dataset = trainer.datamodule.hparams.dataset if trainer.datamodule is not None else "predictions"
+        # named after the input file where the data module says which ("dataset"), else plain "predictions"
+        dataset = str(getattr(trainer.datamodule, "hparams", {}).get("dataset") or "predictions")
         self.path = self._resolve(trainer, dataset)
         self._file = AtomicFile(self.path, text=True, what="predictions file")
         self._file.write(HEADER + "\n")

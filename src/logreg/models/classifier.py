@@ -1,4 +1,4 @@
-"""Logistic regression as a LightningModule: one linear layer whose logits meet BCE-with-logits.
+"""The base of every model: a binary classifier trained on BCE-with-logits, whatever its network.
 
 ``BinaryClassifier`` holds everything but the network: the loss, the metrics, the optimizer and the
 logging, in Lightning's automatic optimization (one training batch, one weight update). A model is a
@@ -23,9 +23,9 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryF1Score
 from typing_extensions import override
 
+from logreg.batch import Batch, ShardBatch, as_batch
 from logreg.machinery.errors import ConfigError
 
-Batch = tuple[torch.Tensor, ...]  # (x (B, D), y (B,)) or, under DDP, (x, y, rows of the global batch)
 # An optimizer class, called with the parameters and the learning rate. The learning rate is the model's own
 # argument, not the optimizer's, so that Tuner.lr_find finds it; the CLI offers the class's other options.
 Optimizer = Callable[[Iterable, float], torch.optim.Optimizer]
@@ -33,6 +33,21 @@ Optimizer = Callable[[Iterable, float], torch.optim.Optimizer]
 
 class BinaryClassifier(L.LightningModule):
     """Trains any network that maps rows (B, D) to logits (B,) on the mean binary cross-entropy.
+
+    The contract between a model and the rest of the template, in one place:
+
+    - **A model provides** ``forward(x)``: features (B, D) to logits (B,), and an ``__init__`` that takes
+      ``num_features`` (the CLI links it from the data module, so it is never typed) and calls
+      ``super().__init__(lr, weight_decay, optimizer, lr_scheduler)``. Hyperparameters are saved here, so
+      ``--ckpt_path`` rebuilds the model's class and arguments from a checkpoint.
+    - **It gets** batches as :class:`logreg.batch.Batch` ``(x, y)``; a plain ``(x, y)`` tuple from a
+      ``DataLoader`` over a ``TensorDataset`` works too. Under DDP the template's data modules send a
+      :class:`logreg.batch.ShardBatch` ``(x, y, global_rows)``, which this class weights so that the update
+      is the global batch's exact mean gradient.
+    - **It gives** ``predict_step`` -> probabilities of class 1, shape (B,), which ``logreg predict`` writes.
+      A model written from scratch (a plain ``LightningModule``) works with the CLI when it keeps these three:
+      ``num_features`` in ``__init__``, ``self.save_hyperparameters()``, and ``predict_step`` returning (B,)
+      probabilities.
 
     Args:
         lr: Learning rate, given to the optimizer (and what ``Tuner.lr_find`` tunes).
@@ -69,6 +84,15 @@ class BinaryClassifier(L.LightningModule):
             as_config = {k: {"class_path": path} for k, path in classes.items()}
             self.save_hyperparameters({**as_config, "_instantiator": "lightning.pytorch.cli.instantiate_module"})
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
+        try:  # options torch refuses (a negative momentum) end in one line now, before any run starts
+            optimizer([torch.nn.Parameter(torch.zeros(1))], lr)
+        except (ValueError, TypeError) as err:
+            chosen = self.hparams.optimizer
+            name = chosen.get("class_path") if isinstance(chosen, dict) else getattr(chosen, "__name__", chosen)
+            raise ConfigError(
+                f"--model.optimizer {name} refuses its options: {err} (they are set as --model.optimizer.<option>; "
+                f"the learning rate is --model.lr, {lr:g} here)."
+            ) from None
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         scores = MetricCollection({"acc": BinaryAccuracy(), "auroc": BinaryAUROC(), "f1": BinaryF1Score()})
         self.val_scores, self.test_scores = scores.clone(prefix="val/"), scores.clone(prefix="test/")
@@ -97,8 +121,10 @@ class BinaryClassifier(L.LightningModule):
 
     @override
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        batch = as_batch(batch)
         loss, _ = self._shared_step(batch)
-        rows = batch[2] / self.trainer.world_size if len(batch) == 3 else len(batch[1])  # rows behind this loss
+        # the rows behind this loss: under DDP this process's share of the global batch's weight
+        rows = batch.global_rows / self.trainer.world_size if isinstance(batch, ShardBatch) else len(batch.y)
         self._loss_sum.add_(loss.detach(), alpha=rows)
         self._rows += rows
         # Log only on the steps the logger writes (every log_every_n_steps): the same curve, but self.log on
@@ -137,7 +163,7 @@ class BinaryClassifier(L.LightningModule):
 
     @override
     def predict_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        return torch.sigmoid(self(batch[0]))  # probabilities of class 1; labels, if any, are not needed
+        return torch.sigmoid(self(as_batch(batch).x))  # probabilities of class 1; labels, if any, are not needed
 
     @override
     def configure_optimizers(self) -> Any:
@@ -149,21 +175,22 @@ class BinaryClassifier(L.LightningModule):
         monitor = getattr(scheduler, "monitor", "val/loss")
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": monitor}}
 
-    def _shared_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y, *global_rows = batch
-        logits = self(x)  # (B, D) -> (B,)
-        if not global_rows:
-            return F.binary_cross_entropy_with_logits(logits, y), logits
-        # A DDP rank's shard of a global batch of global_rows[0] rows. DDP averages the ranks' gradients, so
+    def _shared_step(self, batch: Batch | ShardBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = as_batch(batch)
+        logits = self(batch.x)  # (B, D) -> (B,)
+        if not isinstance(batch, ShardBatch):
+            return F.binary_cross_entropy_with_logits(logits, batch.y), logits
+        # A DDP rank's shard of a global batch of global_rows rows. DDP averages the ranks' gradients, so
         # each rank contributes its summed loss * world_size / rows: the average is the global batch's mean
         # loss however unevenly the rows divide, and an empty shard contributes 0.
-        loss_sum = F.binary_cross_entropy_with_logits(logits, y, reduction="sum")
-        return loss_sum * (self.trainer.world_size / global_rows[0]), logits
+        loss_sum = F.binary_cross_entropy_with_logits(logits, batch.y, reduction="sum")
+        return loss_sum * (self.trainer.world_size / batch.global_rows), logits
 
     def _evaluate(self, batch: Batch, loss_metric: MeanMetric, scores: MetricCollection) -> None:
+        batch = as_batch(batch)
         loss, logits = self._shared_step(batch)
         loss_metric.update(loss, weight=len(logits))
-        scores.update(torch.sigmoid(logits), batch[1].long())
+        scores.update(torch.sigmoid(logits), batch.y.long())
 
     def _log_evaluation(self, stage: str, loss_metric: MeanMetric, scores: MetricCollection) -> None:
         self.log(f"{stage}/loss", loss_metric, prog_bar=stage == "val")

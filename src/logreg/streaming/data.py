@@ -44,6 +44,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 import torch
 
+from logreg.batch import Batch, ShardBatch
 from logreg.machinery.errors import ConfigError, DataError
 
 LITDATA_REQUIREMENT = "litdata==0.2.76"
@@ -339,7 +340,7 @@ class StreamingBatches:
                 rows = torch.zeros(0, width) if rows is None else rows
                 served += 1
                 self._yielded = served
-                yield rows[:, :-1], rows[:, -1], global_rows
+                yield ShardBatch(rows[:, :-1], rows[:, -1], global_rows)
                 window += 1
                 continue
             if rows is None:
@@ -358,7 +359,7 @@ class StreamingBatches:
                     skip -= 1
                 else:
                     self._yielded = served + 1
-                    yield x[start:end], y[start:end]
+                    yield Batch(x[start:end], y[start:end])
                 served += 1
                 start = end
             carry = buffer[start:]

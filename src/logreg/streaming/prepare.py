@@ -52,7 +52,7 @@ from logreg.data.tables import (
 from logreg.data.tables import (
     _raise_not_utf8 as raise_not_utf8,
 )
-from logreg.machinery.errors import ConfigError, DataError
+from logreg.machinery.errors import ConfigError, DataError, reporting
 from logreg.streaming.data import import_litdata
 
 METADATA = "logreg.json"
@@ -591,10 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(args: Sequence[str] | None = None) -> None:
     """``logreg prepare``: mistakes end in one line on stderr and exit code 1 (2 for the command line)."""
     options = build_parser().parse_args(args)
-    try:
-        metadata = prepare(**vars(options))
-    except (DataError, ConfigError) as err:
-        raise SystemExit(f"error: {err}") from None
+    metadata = reporting(prepare, **vars(options))
     rows = metadata["rows"]
     print(
         f"Prepared {sum(rows.values()):,} rows of {len(metadata['feature_names'])} features from {options.source} "

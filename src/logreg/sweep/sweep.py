@@ -33,8 +33,7 @@ import lightning as L
 import yaml
 from jsonargparse import ArgumentParser
 
-from logreg.machinery.divergence import NonFiniteLossError
-from logreg.machinery.errors import ConfigError, DataError
+from logreg.machinery.errors import ConfigError, DataError, NonFiniteLossError, causes, one_line, reporting
 
 try:
     import optuna
@@ -57,16 +56,7 @@ SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomS
 
 
 class Rejected(Exception):
-    """The fit configuration refused some arguments (in a trial: that trial fails, the sweep goes on).
-
-    Args:
-        message: Why, in one sentence.
-        unknown_key: Whether an argument names no config key.
-    """
-
-    def __init__(self, message: str, unknown_key: bool = False) -> None:
-        super().__init__(message)
-        self.unknown_key = unknown_key
+    """The fit configuration refused some arguments (in a trial: that trial fails, the sweep goes on)."""
 
 
 @dataclass(frozen=True)
@@ -241,10 +231,10 @@ def build_run(args: list[str]) -> Any:
         with quiet_lightning():
             return build_cli(args, run=False)
     except ArgumentError as err:
-        raise Rejected(_one_line(err), unknown_key="unrecognized arguments" in str(err)) from None
+        raise Rejected(_one_line(err)) from None
     except Exception as err:
         # jsonargparse may wrap what a class's __init__ raises in an error of its own; the mistake is the cause.
-        cause = next((e for e in _chain(err) if isinstance(e, (ConfigError, DataError))), None)
+        cause = next((e for e in causes(err) if isinstance(e, (ConfigError, DataError))), None)
         if cause is None:
             raise
         raise Rejected(_one_line(cause)) from None
@@ -266,15 +256,6 @@ def config_keys(config: Any) -> set[str]:
     return keys
 
 
-def _chain(err: BaseException | None) -> Iterator[BaseException]:
-    """An exception and the ones it was raised from or during."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        yield err
-        err = err.__cause__ or err.__context__
-
-
 def check_space(space: Space, fit: Sequence[str], where: str | Path) -> None:
     """Build the fit run once as given and once per value to check (without running it), so a key the fit
     parser does not know, or a value its classes reject, ends the sweep before any trial runs."""
@@ -288,7 +269,7 @@ def check_space(space: Space, fit: Sequence[str], where: str | Path) -> None:
                 build_run(fit_args(fit, {param.key: value}, "unused"))
             except Rejected as err:
                 # A class chosen by class path reports an unknown option as a value its type refuses.
-                if err.unknown_key or not any(k == param.key or k.startswith(param.key + ".") for k in known):
+                if not any(k == param.key or k.startswith(param.key + ".") for k in known):
                     raise ConfigError(
                         f"{where}: {param.key} is not a key of the fit configuration (`logreg fit --help` lists them)."
                     ) from None
@@ -296,8 +277,8 @@ def check_space(space: Space, fit: Sequence[str], where: str | Path) -> None:
 
 
 def _one_line(err: BaseException) -> str:
-    """An error's message as one sentence: jsonargparse spreads its messages over indented lines."""
-    text = " ".join(str(err).split()) or type(err).__name__
+    """An error's message as one sentence."""
+    text = one_line(err)
     return text if text.endswith(".") else text + "."
 
 
@@ -553,13 +534,7 @@ def main(args: Sequence[str] | None = None) -> None:
     line on stderr and exit code 1 (2 for the command line), before any trial runs."""
     from argparse import ArgumentError
 
-    try:
-        run(list(sys.argv[2:] if args is None else args))
-    except ArgumentError as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)  # jsonargparse's lines, as one
-        raise SystemExit(2) from None
-    except (ConfigError, DataError) as err:
-        raise SystemExit(f"error: {err}") from None
+    reporting(run, list(sys.argv[2:] if args is None else args), is_usage=lambda e: isinstance(e, ArgumentError))
 
 
 def run(args: list[str]) -> None:
