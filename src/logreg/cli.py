@@ -35,7 +35,7 @@ from logreg.machinery.checkpoint import (
     release_empty_run_dirs,
 )
 from logreg.machinery.divergence import StopOnNonFiniteLoss
-from logreg.machinery.errors import DataError, exit_with, raised_in, reporting
+from logreg.machinery.errors import DataError, raised_in, reporting
 from logreg.machinery.predict import PredictionWriter
 from logreg.machinery.preflight import check_epochs_left, logger_root, usage_problem
 from logreg.machinery.quiet import silence_harmless_messages
@@ -213,21 +213,9 @@ def is_usage_error(err: BaseException) -> bool:
 
 def main(args: list[str] | None = None) -> None:
     """Run the CLI on ``args`` (default: the command line), e.g. ``main(["fit", "--trainer.max_epochs", "5"])``."""
-    with interrupt.handlers():
+    with interrupt.reported():
         try:
             reporting(build_cli, args, is_usage=is_usage_error)
-        except interrupt.Interrupted:
-            raise  # training saved last.ckpt and said so; the exit code is the signal's
-        except (KeyboardInterrupt, SystemExit) as err:
-            signum = interrupt.received()
-            if signum is None and isinstance(err, SystemExit):
-                raise
-            signum = signum or interrupt.SIGNALS[0]  # a KeyboardInterrupt is Ctrl+C
-            exit_with(
-                f"stopped by {interrupt.signal_name(signum)} outside training (start-up, evaluation or prediction); "
-                "nothing was saved.",
-                interrupt.exit_code(signum),
-            )
         finally:
             release_empty_run_dirs()  # a run that failed before writing anything leaves no directory behind
 

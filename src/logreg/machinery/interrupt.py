@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from types import FrameType
@@ -69,6 +70,28 @@ def handlers() -> Iterator[None]:
     finally:
         for signum, handler in earlier.items():
             signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def reported() -> Iterator[None]:
+    """:func:`handlers`, and a stop outside training (start-up, evaluation, prediction) that ends in one line and
+    the signal's exit code; a stop during training has saved ``last.ckpt`` and said so already."""
+    with handlers():
+        try:
+            yield
+        except Interrupted:
+            raise
+        except (KeyboardInterrupt, SystemExit) as err:
+            signum = received()
+            if signum is None and isinstance(err, SystemExit):
+                raise
+            signum = signum or signal.SIGINT  # a KeyboardInterrupt is Ctrl+C
+            print(
+                f"error: stopped by {signal_name(signum)} outside training (start-up, evaluation or prediction); "
+                "nothing was saved.",
+                file=sys.stderr,
+            )
+            raise SystemExit(exit_code(signum)) from None
 
 
 def stop_at_batch_end(on: bool) -> None:
