@@ -45,6 +45,7 @@ from logreg.data.batches import TensorBatches
 from logreg.data.tables import (
     BANKNOTE_COLUMNS,
     BANKNOTE_PATH,
+    CsvBatches,
     Table,
     find_columns,
     label_index,
@@ -56,7 +57,7 @@ from logreg.data.tables import (
 )
 from logreg.machinery.checkpoint import read_checkpoint
 from logreg.machinery.errors import ConfigError, DataError
-from logreg.streaming.data import CsvBatches, PreparedData, StreamingBatches, is_prepared
+from logreg.streaming.data import PreparedData, StreamingBatches, is_prepared
 
 BatchMode = Literal["full", "example", "minibatch"]
 BUILTIN_LABELS = {"banknote": BANKNOTE_COLUMNS[-1], "synthetic": "y"}  # the label column of the built-in data

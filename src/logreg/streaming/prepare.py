@@ -22,9 +22,7 @@ naming the file and the line; nothing is left in OUT_DIR then.
 from __future__ import annotations
 
 import argparse
-import csv
 import glob
-import io
 import json
 import math
 import multiprocessing
@@ -32,33 +30,21 @@ import os
 import shutil
 import sys
 import time
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from logreg.data.tables import (
-    BANKNOTE_COLUMNS,
-    BANKNOTE_PATH,
-    check_row,
-    check_values,
-    csv_columns,
-    find_columns,
-    read_header,
-)
-from logreg.data.tables import (
-    _raise_not_utf8 as raise_not_utf8,
-)
+from logreg.data.csv import PIECE_BYTES, TextPiece, piece_ranges
+from logreg.data.tables import BANKNOTE_COLUMNS, BANKNOTE_PATH, find_columns, read_header, read_rows
 from logreg.machinery.errors import ConfigError, DataError
 from logreg.streaming.data import import_litdata
 
 METADATA = "logreg.json"
 FORMAT = "logreg-prepared-1"
 SPLITS = ("train", "val", "test")
-PIECE_BYTES = 16 * 2**20  # text per piece of a CSV file: a worker's memory is a few times this
 SYNTHETIC_PIECE_ROWS = 100_000  # 100,000 x D float64 per worker at a time
 MAX_BLOCK_ROWS = 4096
 CHUNK_BYTES = 8 * 2**20  # LitData chunk file size to aim for: whole blocks, a few MB per file
@@ -164,7 +150,7 @@ def resolve_source(source: str, synthetic_rows: int, synthetic_features: int, sy
     return Source(source, files=tuple(files), header=tuple(header))
 
 
-def make_pieces(source: Source, piece_bytes: int = PIECE_BYTES) -> list[Piece]:
+def make_pieces(source: Source, piece_bytes: int | None = None) -> list[Piece]:
     """Cut the source into worker tasks of about ``piece_bytes`` of text (or SYNTHETIC_PIECE_ROWS rows)."""
     if source.synthetic is not None:
         rows = source.synthetic[0]
@@ -172,130 +158,19 @@ def make_pieces(source: Source, piece_bytes: int = PIECE_BYTES) -> list[Piece]:
         return [Piece(i, 0, a, min(a + SYNTHETIC_PIECE_ROWS, rows)) for i, a in enumerate(starts)]
     pieces = []
     for file_index, path in enumerate(source.files):
-        size = path.stat().st_size
-        for start in range(0, max(size, 1), piece_bytes):
-            pieces.append(Piece(len(pieces), file_index, start, min(start + piece_bytes, size)))
+        for start, end in piece_ranges(path, piece_bytes):
+            pieces.append(Piece(len(pieces), file_index, start, end))
     return pieces
 
 
-def _read_piece_text(path: Path, piece: Piece, skip_header: bool) -> tuple[bytes, int]:
-    """The bytes of the lines that start in [piece.start, piece.end), and the file offset of the first."""
-    with path.open("rb") as f:
-        first = piece.start
-        if first == 0:
-            if skip_header:
-                f.readline()
-                first = f.tell()
-        else:
-            f.seek(first - 1)
-            if f.read(1) != b"\n":  # inside a line: it belongs to the previous piece
-                f.readline()
-                first = f.tell()
-        if first >= piece.end:
-            return b"", first
-        f.seek(first)
-        data = f.read(piece.end - first)
-        if data and not data.endswith(b"\n"):
-            data += f.readline()  # the last line started inside the piece: read it whole
-    return data, first
-
-
-def _line_number(path: Path, offset: int) -> int:
-    """1-based line number of the line starting at byte ``offset`` (only when reporting an error)."""
-    count, done = 1, 0
-    with path.open("rb") as f:
-        while done < offset:
-            block = f.read(min(2**24, offset - done))
-            if not block:
-                break
-            count += block.count(b"\n")
-            done += len(block)
-    return count
-
-
-def _parse_csv_piece(settings: Settings, piece: Piece) -> tuple[np.ndarray, np.ndarray]:
-    """(values (n, columns) float64, file offset of each row's line) of a CSV piece, checked as read_csv does."""
+def _csv_piece(settings: Settings, piece: Piece) -> tuple[np.ndarray, np.ndarray]:
+    """(rows (n, D + 1) float32: the features, then the label; each row's file offset) of a CSV piece,
+    checked as the in-memory reader checks them, with its messages."""
     source = settings.source
     path = source.files[piece.file_index]
-    data, first = _read_piece_text(path, piece, skip_header=source.has_header_line)
-    header = list(source.header)
-    if not data.strip():
-        return np.zeros((0, len(header))), np.zeros(0, dtype=np.int64)
-    newlines = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))
-    starts = np.concatenate([[0], newlines + 1])
-    starts = starts[starts < len(data)]
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise_not_utf8(path)  # the in-memory reader's message, naming the first such line
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            # as the in-memory reader: "-0.045" in quotes is the number -0.045
-            values = np.loadtxt(io.StringIO(text), delimiter=",", quotechar='"', dtype=np.float64, ndmin=2)
-    except ValueError:
-        _raise_first_bad_row(path, header, settings.label, text, first + starts)
-        raise
-    if len(values) != len(starts):  # blank or comment lines, which numpy skips: find the rows' lines
-        kept = [i for i, line in enumerate(text.splitlines()) if line.split("#")[0].strip()]
-        starts = starts[kept]
-    if values.size and values.shape[1] != len(header):
-        raise DataError(f"{path}: rows have {values.shape[1]} fields but the header names {len(header)} columns.")
-    return values, first + starts
-
-
-def _raise_first_bad_row(path: Path, header: list[str], label: int | None, text: str, offsets: np.ndarray) -> None:
-    """Find the first row numpy could not parse and raise the reader's message for it, with its file line."""
-    for i, row in enumerate(csv.reader(io.StringIO(text))):
-        try:
-            check_row(path, header, label, row, line=0)
-        except DataError:
-            check_row(path, header, label, row, line=_line_number(path, int(offsets[i])))
-
-
-def read_csv_in_pieces(
-    path: str | Path,
-    label_column: str | None = None,
-    feature_columns: Sequence[str] | None = None,
-    need_label: bool = True,
-    piece_bytes: int = PIECE_BYTES,
-) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-    """(features (n, D), labels (n,) or None) float32 of a CSV file, piece after piece, in file order.
-
-    The columns and checks are those of :func:`logreg.data.tables.read_csv`, with the same messages; memory
-    holds one piece of about ``piece_bytes`` of text at a time, whatever the file's size.
-
-    >>> import tempfile, os
-    >>> with tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False) as f:
-    ...     _ = f.write("a,b,label\\n1,2,0\\n3,4,1\\n")
-    >>> [(x.tolist(), y.tolist()) for x, y in read_csv_in_pieces(f.name, piece_bytes=12)]
-    [([[1.0, 2.0]], [0.0]), ([[3.0, 4.0]], [1.0])]
-    >>> os.remove(f.name)
-    """
-    path = Path(path)
-    header, features, label = csv_columns(path, label_column, feature_columns, need_label)
-    source = Source(str(path), files=(path,), header=tuple(header))
-    settings = Settings(source, Path("."), features, label, 0, 0.0, 0.0)
-    names = tuple(header[i] for i in features)
-    empty = True
-    for piece in make_pieces(source, piece_bytes):
-        values, offsets = _parse_csv_piece(settings, piece)
-        if not len(values):
-            continue
-        empty = False
-        x = values[:, features]
-        y = None if label is None else values[:, label]
-        check_values(
-            path,
-            names,
-            None if label is None else header[label],
-            x,
-            y,
-            line_of=lambda r, offsets=offsets: _line_number(path, int(offsets[r])),
-        )
-        yield x.astype(np.float32), None if y is None else y.astype(np.float32)
-    if empty:
-        raise DataError(f"{path}: has a header but no data rows.")
+    text = TextPiece.read(path, piece.start, piece.end, skip_header=source.has_header_line)
+    x, y = read_rows(text, source.header, settings.features, settings.label)
+    return np.column_stack([x, y.astype(np.float32)]), text.row_offsets()
 
 
 def _synthetic_piece(settings: Settings, piece: Piece) -> tuple[np.ndarray, np.ndarray]:
@@ -312,23 +187,12 @@ def _synthetic_piece(settings: Settings, piece: Piece) -> tuple[np.ndarray, np.n
 
 def process_piece(settings: Settings, piece: Piece) -> PieceResult:
     """Read, check and split one piece; write each split's rows to ``work/<piece>-<split>.npy`` as float32."""
-    source = settings.source
-    if source.synthetic is not None:
-        values, keys = _synthetic_piece(settings, piece)
-    else:
-        values, keys = _parse_csv_piece(settings, piece)
-        path = source.files[piece.file_index]
-        names = tuple(source.header[i] for i in settings.features)
-        check_values(
-            path,
-            names,
-            source.header[settings.label],
-            values[:, settings.features],
-            values[:, settings.label],
-            line_of=lambda row: _line_number(path, int(keys[row])),
-        )
     # (n, D + 1) float32: the features in the model's order, then the label
-    table = np.concatenate([values[:, settings.features], values[:, [settings.label]]], axis=1).astype(np.float32)
+    if settings.source.synthetic is not None:
+        values, keys = _synthetic_piece(settings, piece)
+        table = values[:, [*settings.features, settings.label]].astype(np.float32)
+    else:
+        table, keys = _csv_piece(settings, piece)
     u = split_uniform(settings.seed, piece.file_index, keys.astype(np.uint64))
     val_end = settings.val_fraction
     test_end = settings.val_fraction + settings.test_fraction
