@@ -1,4 +1,4 @@
-"""CSV text read with pyarrow piece by piece: the values as numpy reads them, and each bad line named once."""
+"""CSV text read with polars piece by piece: the values as numpy reads them, and the first bad line named."""
 
 import numpy as np
 import pytest
@@ -33,7 +33,7 @@ def test_pieces_read_the_values_numpy_reads_in_file_order(tmp_path, monkeypatch,
 
 def test_spaces_quotes_blank_lines_and_crlf_read_as_numpy_reads_them(tmp_path):
     path = tmp_path / "d.csv"
-    path.write_bytes(b'a,b,label\r\n 1.5 , -2,0\r\n\r\n"3e2",+.5,"1"\r\n\n4,0,0\n')
+    path.write_bytes(b'a,b,label\r\n 1.5 , -2,0\r\n\r\n"3e2",+.5,"1"\r\n\n4,0,0\n')  # spaces after 1.5
     table = read_csv(path)
     assert table.x.tolist() == [[1.5, -2.0], [300.0, 0.5], [4.0, 0.0]] and table.y.tolist() == [0.0, 1.0, 0.0]
     assert count_lines(path) == 7  # newlines + 1: room for every row, whatever the last line ends with
@@ -70,9 +70,9 @@ def test_the_largest_float32_is_a_value_not_an_overflow(tmp_path):
     assert read_csv(path).x[:, 0].tolist() == [FLOAT32_MAX, -FLOAT32_MAX]
 
 
-def test_the_first_bad_cell_in_file_order_is_named_whichever_column_pyarrow_converts_first(tmp_path):
-    # pyarrow, on one thread, converts a block column by column, so it reports column a's bad cell on line
-    # 40 before column c's on line 20; the first in file order is c's.
+def test_the_first_bad_cell_in_file_order_is_named(tmp_path):
+    # a parser that converts column by column meets column a's bad cell on line 40 before column c's on
+    # line 20; the first in file order is c's.
     lines = ["1,2,0"] * 60
     lines[18] = "1,2,zz"  # line 20
     lines[38] = "xx,2,0"  # line 40
@@ -100,7 +100,8 @@ def test_a_piece_is_whole_lines_and_knows_where_each_row_starts(tmp_path):
     path = tmp_path / "d.csv"
     path.write_bytes(b"a,b\n1,2\n\n3,4\r\n\r\n5,6")
     pieces = [TextPiece.read(path, start, end) for start, end in piece_ranges(path, 5)]
-    assert b"".join(p.data for p in pieces) == b"1,2\n\n3,4\r\n\r\n5,6"  # each line in exactly one piece
+    # every row's line in exactly one piece; a piece starts at a row (polars counts the fields of its first line)
+    assert b"".join(p.data for p in pieces) == b"1,2\n3,4\r\n5,6"
     offsets = np.concatenate([p.row_offsets() for p in pieces])
     assert offsets.tolist() == [4, 9, 16]  # the rows' lines; empty lines, with or without \r, are not rows
     assert pieces[-1].line(0) == 6

@@ -250,8 +250,8 @@ def read_rows(
     float64, and the checks there name the cell as written.
     """
     table = text.parse(list(header), label)
-    x = rows_of(table, features, out=None if into is None else into[: table.num_rows])
-    y = None if label is None else rows_of(table, [label], dtype=np.float64)[:, 0]
+    x = rows_of(table, features, out=None if into is None else into[: len(table)])
+    y = None if label is None else table.get_column(table.columns[label]).to_numpy()
     fine = not len(x) or (x.min() > -FLOAT32_MAX and x.max() < FLOAT32_MAX)  # NaN fails both comparisons
     if not fine or (y is not None and not ((y == 0) | (y == 1)).all()):
         exact = text.parse(list(header), label, float64=True)
@@ -259,7 +259,7 @@ def read_rows(
             text.path,
             [header[i] for i in features],
             None if label is None else header[label],
-            rows_of(exact, features, dtype=np.float64),
+            rows_of(exact, features),
             y,
             line_of=text.line,
         )
