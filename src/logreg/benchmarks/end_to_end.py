@@ -220,7 +220,8 @@ def run(rows: int, repeats: int, work: Path, csv: Path | None = None) -> dict[st
         out = work / f"prepared_{repeat}"
         _, wall = _logreg(["prepare", str(csv), str(out)])
         meta = json.loads((out / "logreg.json").read_text())
-        samples.setdefault("prepare", []).append({"wall_s": wall, "seconds": meta["seconds"], "dir": str(out)})
+        prepared = {"wall_s": wall, "seconds": meta["seconds"], "rows": sum(meta["rows"].values())}
+        samples.setdefault("prepare", []).append(prepared)
         epochs = ["--trainer.max_epochs", str(STREAMED_EPOCHS)]
         samples.setdefault("full_in_memory", []).append(fit_case(csv, work, "full_batch.yaml", str(csv), epochs))
         samples.setdefault("full_streamed", []).append(fit_case(csv, work, "full_batch.yaml", str(out), epochs))

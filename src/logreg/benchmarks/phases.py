@@ -18,9 +18,9 @@ from logreg.benchmarks.end_to_end import PHASES_ENV
 class Phases(Callback):
     """Time stamps (``time.time()``) of a ``logreg fit`` run, written as JSON to ``$LOGREG_BENCHMARK_PHASES``.
 
-    Added to a run with ``--trainer.callbacks+=logreg.benchmarks.phases.Phases``. Validation time is
-    summed over every validation loop (the sanity check's included); ``epochs`` holds each epoch's training
-    seconds (its validation left out).
+    Added to a run with ``--trainer.callbacks+=logreg.benchmarks.phases.Phases``. ``validation_s`` sums the
+    validation loops during training (not the sanity check before it); ``epochs`` holds each epoch's
+    training seconds, its validation left out.
     """
 
     def __init__(self) -> None:
@@ -44,9 +44,11 @@ class Phases(Callback):
 
     @override
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:  # before training starts: counted with the set-up
+            return
         seconds = time.time() - self._validation_start
         self.stamps["validation_s"] += seconds
-        self._epoch_validation = getattr(self, "_epoch_validation", 0.0) + seconds
+        self._epoch_validation += seconds
 
     @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
