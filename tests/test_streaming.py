@@ -301,7 +301,7 @@ def test_predict_streams_the_prepared_test_split_and_any_csv(tmp_path, prepared,
     assert got[:, 0].tolist() == list(range(len(raw)))
     np.testing.assert_allclose(got[:, 1], expected.numpy(), rtol=1e-6)
     # a CSV file is read in pieces (here of 1 kB, so ~40 of them), its columns matched by name
-    monkeypatch.setattr("logreg.streaming.prepare.PIECE_BYTES", 1000)
+    monkeypatch.setattr("logreg.data.csv.PIECE_BYTES", 1000)
     csv = tmp_path / "new.csv"
     table = raw.numpy()
     csv.write_text("x2,x0,x1\n" + "".join(f"{r[2]:.9g},{r[0]:.9g},{r[1]:.9g}\n" for r in table))

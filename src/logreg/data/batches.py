@@ -1,14 +1,17 @@
-"""Batches sliced from tensors held in memory: one shuffle per epoch, then a view per step."""
+"""The data's batches: sliced from tensors held in memory (one shuffle per epoch, then a view per step), or read
+from a CSV file of any size piece by piece (prediction)."""
 
 from __future__ import annotations
 
 import itertools
 import math
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import torch
 
 from logreg.batch import Batch, ShardBatch
+from logreg.data.tables import find_columns, read_csv_in_pieces, read_header
 
 
 class TensorBatches:
@@ -118,3 +121,55 @@ class TensorBatches:
             bounds = [(end - size, end, rows) for end, size, (_, _, rows) in zip(ends, sizes, bounds, strict=True)]
         for first, end, rows in bounds:
             yield ShardBatch(x[first:end], y[first:end], rows)
+
+
+class CsvBatches:
+    """Standardised batches of a CSV file read piece by piece in file order: prediction on a file of any size.
+
+    Columns are matched by name as :func:`~logreg.data.tables.read_csv` matches them, with its messages.
+
+    Args:
+        path: The CSV file.
+        mean: Standardisation mean, (D,), from the training statistics.
+        std: Standardisation standard deviation, (D,).
+        batch_size: Rows per batch (a piece's last batch may be shorter).
+        label_column: Name of the label column, if the file has one.
+        feature_columns: Names of the features, in the model's order.
+        need_label: Whether a missing label column is an error.
+        piece_bytes: Text per piece; default ``logreg.data.csv.PIECE_BYTES``.
+
+    Example:
+        >>> import tempfile, os
+        >>> with tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False) as f:
+        ...     _ = f.write("b,a\\n2,1\\n4,3\\n6,5\\n")
+        >>> batches = CsvBatches(f.name, torch.zeros(2), torch.ones(2), 2, feature_columns=["a", "b"], need_label=False)
+        >>> [x.tolist() for x, y in batches]
+        [[[1.0, 2.0], [3.0, 4.0]], [[5.0, 6.0]]]
+        >>> os.remove(f.name)
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        batch_size: int,
+        label_column: str | None = None,
+        feature_columns: list[str] | None = None,
+        need_label: bool = True,
+        piece_bytes: int | None = None,
+    ) -> None:
+        find_columns(path, read_header(path), label_column, feature_columns)  # a file that does not fit fails now
+        self.path, self.mean, self.std, self.batch_size = path, mean.float(), std.float(), batch_size
+        self.label_column, self.feature_columns, self.need_label = label_column, feature_columns, need_label
+        self.piece_bytes = piece_bytes
+
+    def __iter__(self) -> Iterator[Batch]:
+        pieces = read_csv_in_pieces(
+            self.path, self.label_column, self.feature_columns, self.need_label, self.piece_bytes
+        )
+        for x, y in pieces:
+            x = (torch.from_numpy(x) - self.mean).div_(self.std)  # (n, D)
+            for start in range(0, len(x), self.batch_size):
+                end = start + self.batch_size
+                yield Batch(x[start:end], None if y is None else torch.from_numpy(y[start:end]))

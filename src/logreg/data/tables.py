@@ -2,21 +2,23 @@
 
 Every loader returns a :class:`Table` of float32 tensors. Problems with the user's data raise
 :class:`DataError` with one sentence that names the file, and the column and line where it applies.
+A CSV file is read a piece at a time (:mod:`logreg.data.csv`): whole into memory (:func:`read_csv`), or
+piece after piece in flat memory (:func:`read_csv_in_pieces`, :class:`CsvBatches`, ``logreg prepare``).
 """
 
 from __future__ import annotations
 
 import csv
 import math
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
 import numpy as np
 import torch
 
+from logreg.data import csv as csvtext
+from logreg.data.csv import TextPiece, count_lines, piece_ranges, rows_of
 from logreg.machinery.errors import DataError
 
 BANKNOTE_PATH = Path(__file__).parent / "resources" / "data_banknote_authentication.txt"
@@ -88,7 +90,7 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)  # 3.4e38: a larger feature become
 def check_text_file(path: Path) -> None:
     """Raise DataError unless ``path`` looks like UTF-8 text: not compressed, not UTF-16, not binary.
 
-    Only the first bytes are read; a byte that is not UTF-8 further on is reported by :func:`read_csv`.
+    Only the first bytes are read; a byte that is not UTF-8 further on is reported where its piece is parsed.
     """
     with path.open("rb") as f:
         start = f.read(_SNIFF_BYTES)
@@ -105,12 +107,13 @@ def read_header(path: str | Path) -> list[str]:
     if not path.is_file():
         raise DataError(f"{path}: no such file.")
     check_text_file(path)
+    with path.open("rb") as f:
+        line = f.readline()
     try:
         # utf-8-sig drops the byte-order mark some editors write, which would otherwise start the first name.
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            header = next(csv.reader(f), None)
-    except UnicodeDecodeError:
-        _raise_not_utf8(path)
+        header = next(csv.reader([line.decode("utf-8-sig")]), None)
+    except UnicodeDecodeError as err:
+        raise csvtext.not_utf8(path, line[err.start], 1) from None
     if not header or not any(name.strip() for name in header):
         raise DataError(f"{path}: the file is empty; expected a header row of column names.")
     header = [name.strip() for name in header]
@@ -196,6 +199,8 @@ def read_csv(
 ) -> Table:
     """Read a numeric CSV file with a header row; the label column (default: the last) must hold 0 or 1.
 
+    Memory peaks at the float32 table plus one piece of text, however large the file.
+
     Args:
         path: The CSV file.
         label_column: Name of the label column; default as in :func:`find_columns`.
@@ -212,31 +217,84 @@ def read_csv(
     """
     path = Path(path)
     header, features, label = csv_columns(path, label_column, feature_columns, need_label)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # numpy warns on a header-only file; the check below says it clearly
-            # quotechar: "-0.045" in quotes is valid CSV for the number -0.045.
-            values = np.loadtxt(
-                path, delimiter=",", quotechar='"', skiprows=1, dtype=np.float64, ndmin=2, encoding="utf-8-sig"
-            )
-    except UnicodeDecodeError:
-        _raise_not_utf8(path)
-    except ValueError as err:
-        _raise_first_bad_cell(path, header, label)  # numpy's message lacks the column name: find the cell
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise DataError(f"{path}: cannot be read as numeric CSV ({reason}).") from None
-    if values.shape[0] == 0:
+    # One array with room for as many rows as the file has lines, filled piece by piece: pages never written
+    # are never allocated, so memory holds the float32 table once, plus a piece, and never a second copy.
+    x = np.empty((count_lines(path), len(features)), dtype=np.float32)
+    y = None if label is None else np.empty(len(x), dtype=np.float32)
+    n = 0
+    for start, end in piece_ranges(path):
+        part, labels = read_rows(TextPiece.read(path, start, end), header, features, label, into=x[n:])
+        if y is not None:
+            y[n : n + len(part)] = labels
+        n += len(part)
+    if n == 0:
         raise DataError(f"{path}: has a header but no data rows.")
-    if values.shape[1] != len(header):
-        raise DataError(f"{path}: rows have {values.shape[1]} fields but the header names {len(header)} columns.")
     names = tuple(header[i] for i in features)
-    x = values[:, features]  # (N, D) in the model's column order
-    labels = None if label is None else values[:, label]
-    check_values(path, names, None if label is None else header[label], x, labels)
-    x = torch.from_numpy(x.astype(np.float32))
-    if labels is None:
-        return Table(x, None, names)
-    return Table(x, torch.from_numpy(labels.astype(np.float32)), names, header[label])
+    if y is None:
+        return Table(torch.from_numpy(x[:n]), None, names)
+    return Table(torch.from_numpy(x[:n]), torch.from_numpy(y[:n]), names, header[label])
+
+
+def read_rows(
+    text: TextPiece,
+    header: Sequence[str],
+    features: list[int],
+    label: int | None,
+    into: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A piece's features (n, D) float32 in the model's order (into the first rows of ``into`` when given)
+    and labels (n,) float64 (None without a label column), checked as :func:`check_values` checks them.
+
+    The features are parsed in float32, where a value beyond float32's range has become inf; so when any
+    value is not finite, reaches float32's largest or a label is not 0 or 1, the piece is parsed again in
+    float64, and the checks there name the cell as written.
+    """
+    table = text.parse(list(header), label)
+    x = rows_of(table, features, out=None if into is None else into[: len(table)])
+    y = None if label is None else table.get_column(table.columns[label]).to_numpy()
+    fine = not len(x) or (x.min() > -FLOAT32_MAX and x.max() < FLOAT32_MAX)  # NaN fails both comparisons
+    if not fine or (y is not None and not ((y == 0) | (y == 1)).all()):
+        exact = text.parse(list(header), label, float64=True)
+        check_values(
+            text.path,
+            [header[i] for i in features],
+            None if label is None else header[label],
+            rows_of(exact, features),
+            y,
+            line_of=text.line,
+        )
+    return x, y
+
+
+def read_csv_in_pieces(
+    path: str | Path,
+    label_column: str | None = None,
+    feature_columns: Sequence[str] | None = None,
+    need_label: bool = True,
+    piece_bytes: int | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """(features (n, D), labels (n,) or None) float32 of a CSV file, piece after piece, in file order.
+
+    The columns and checks are those of :func:`read_csv`, with the same messages; memory holds one piece of
+    about ``piece_bytes`` of text at a time (default ``logreg.data.csv.PIECE_BYTES``), whatever the file's size.
+
+    >>> import tempfile, os
+    >>> with tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False) as f:
+    ...     _ = f.write("a,b,label\\n1,2,0\\n3,4,1\\n")
+    >>> [(x.tolist(), y.tolist()) for x, y in read_csv_in_pieces(f.name, piece_bytes=12)]
+    [([[1.0, 2.0]], [0.0]), ([[3.0, 4.0]], [1.0])]
+    >>> os.remove(f.name)
+    """
+    path = Path(path)
+    header, features, label = csv_columns(path, label_column, feature_columns, need_label)
+    empty = True
+    for start, end in piece_ranges(path, piece_bytes):
+        x, y = read_rows(TextPiece.read(path, start, end), header, features, label)
+        if len(x):
+            empty = False
+            yield x, None if y is None else y.astype(np.float32)
+    if empty:
+        raise DataError(f"{path}: has a header but no data rows.")
 
 
 def select_features(table: Table, source: str, feature_columns: Sequence[str] | None) -> Table:
@@ -298,59 +356,3 @@ def check_values(
         raise DataError(
             f"{path}: labels in column {label_name!r} must be 0 or 1, found {labels[row]:g} on line {line(row)}."
         )
-
-
-def _raise_not_utf8(path: Path) -> NoReturn:
-    """Raise DataError naming the first line that is not UTF-8 (Latin-1 or Windows-1252 text, say)."""
-    with path.open("rb") as f:
-        for line, raw in enumerate(f, start=1):
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                byte = raw[err.start]
-                raise DataError(
-                    f"{path}: is not UTF-8 text (byte 0x{byte:02x} on line {line}, as Latin-1 or Windows-1252 "
-                    "files have); save it as UTF-8 (e.g. iconv -f LATIN1 -t UTF-8)."
-                ) from None
-    raise DataError(f"{path}: is not UTF-8 text; save it as UTF-8.")
-
-
-def _raise_first_bad_cell(path: Path, header: list[str], label: int | None) -> None:
-    """Scan the file row by row (slow, only after the fast parser failed) and raise on the first bad cell."""
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        rows = csv.reader(f)
-        next(rows)
-        for line, row in enumerate(rows, start=2):
-            check_row(path, header, label, row, line)
-
-
-def check_row(path: str | Path, header: Sequence[str], label: int | None, row: Sequence[str], line: int) -> None:
-    """Raise DataError if one parsed CSV row has the wrong number of fields or a cell that is not a number.
-
-    >>> check_row("f.csv", ["a", "label"], 1, ["1.5", "yes"], line=7)
-    Traceback (most recent call last):
-    ...
-    logreg.machinery.errors.DataError: f.csv: labels in column 'label' must be 0 or 1, found 'yes' on line 7.
-    """
-    if not row:
-        return
-    if len(row) != len(header):
-        raise DataError(f"{path}: line {line} has {len(row)} fields but the header names {len(header)} columns.")
-    for col, cell in enumerate(row):
-        try:
-            if "_" in cell:  # Python's float() reads 1_000, numpy and other CSV readers do not
-                raise ValueError(cell)
-            float(cell)
-        except ValueError:
-            if "_" in cell:
-                raise DataError(
-                    f"{path}: column {header[col]!r} holds {cell.strip()!r} on line {line}; write numbers "
-                    "without digit separators (1000, not 1_000)."
-                ) from None
-            if col == label:
-                raise DataError(
-                    f"{path}: labels in column {header[col]!r} must be 0 or 1, found {cell.strip()!r} on line {line}."
-                ) from None
-            raise DataError(
-                f"{path}: column {header[col]!r} holds the non-numeric value {cell.strip()!r} on line {line}."
-            ) from None

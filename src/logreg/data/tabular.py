@@ -7,7 +7,7 @@ from typing import Any
 from typing_extensions import override
 
 from logreg.data.base import BatchMode, BatchModeDataModule
-from logreg.data.batches import TensorBatches
+from logreg.data.batches import CsvBatches, TensorBatches
 from logreg.data.tables import (
     BANKNOTE_COLUMNS,
     BANKNOTE_PATH,
@@ -21,7 +21,6 @@ from logreg.data.tables import (
     select_features,
 )
 from logreg.machinery.errors import ConfigError, DataError
-from logreg.streaming.data import CsvBatches
 
 BUILTIN = {"banknote": BANKNOTE_COLUMNS[-1], "synthetic": "y"}  # the built-in datasets and their label columns
 
