@@ -53,9 +53,15 @@ def test_spaces_quotes_blank_lines_and_crlf_read_as_numpy_reads_them(tmp_path):
         ("1,2,0\n3,4,1e-300\n", "labels in column 'label' must be 0 or 1, found 1e-300 on line 3."),
         ("1,2,0\n3,3.4028235e38,1\n", "column 'b' holds 3.40282e+38 on line 3, beyond float32's range"),
         ("1,2,0\n3,1e400,1\n", "column 'b' holds inf on line 3; features must be finite."),
+        # Python's csv module, which finds the bad line, takes fields of up to 131,072 characters
+        ("1,2,0\n3,x" + "y" * 140_000 + ",1\n", "line 3 has a field of more than 131,072 characters, too long for a number."),
+        ("1,2,0\n3,zz,1\n4,x" + "y" * 140_000 + ",1\n", "column 'b' holds the non-numeric value 'zz' on line 3."),
+        # a long cell is quoted by its start and length, never whole
+        ("1,2,0\n3,x" + "y" * 100_000 + ",1\n", f"column 'b' holds the non-numeric value {'x' + 'y' * 39!r}"[:-1] + "...' (100,001 characters) on line 3."),
     ],
     ids=["empty-cell", "na-after-crlf-blank", "spaced-word", "short", "long", "spaces-only", "label-1.0000001",
-         "label-tiny", "float32-edge", "float64-overflow"],
+         "label-tiny", "float32-edge", "float64-overflow", "field-over-csv-limit", "bad-cell-before-long-field",
+         "long-cell-shortened"],
 )  # fmt: skip
 def test_each_bad_line_is_named_with_its_line_in_the_file(tmp_path, body, message):
     path = tmp_path / "d.csv"
@@ -63,6 +69,7 @@ def test_each_bad_line_is_named_with_its_line_in_the_file(tmp_path, body, messag
     with pytest.raises(DataError) as error:
         read_csv(path)
     assert str(error.value).startswith(f"{path}: {message}")
+    assert len(str(error.value)) < 200
 
 
 def test_the_largest_float32_is_a_value_not_an_overflow(tmp_path):

@@ -1,4 +1,5 @@
 import gzip
+import os
 
 import pytest
 import torch
@@ -128,3 +129,47 @@ def test_a_utf8_byte_order_mark_is_not_part_of_the_first_column_name(tmp_path):
     assert read_header(path) == ["a", "b", "label"]
     table = read_csv(path, feature_columns=["a", "b"])
     assert table.feature_names == ("a", "b") and table.x.tolist() == [[1.0, 2.0], [3.0, 4.0]]
+
+
+def test_a_header_the_csv_module_cannot_split_is_named_in_one_sentence(tmp_path):
+    path = tmp_path / "f.csv"
+    path.write_text("a," + "b" * 140_000 + ",label\n1,2,0\n")
+    with pytest.raises(DataError) as error:
+        read_header(path)
+    assert (
+        str(error.value) == f"{path}: line 1 has a field of more than 131,072 characters, too long for a column name."
+    )
+    path.write_bytes(b"a,b,label\r1,2,0\r3,4,1\r")  # lines ended by \r alone: one line, holding \r
+    with pytest.raises(
+        DataError, match=r"f\.csv: line 1 holds a carriage return \(\\r\) inside a field: are its lines"
+    ):
+        read_header(path)
+
+
+def test_a_first_line_without_an_end_is_refused_without_reading_it_whole(tmp_path, monkeypatch):
+    monkeypatch.setattr("logreg.data.tables.MAX_HEADER_BYTES", 1000)
+    path = tmp_path / "f.csv"
+    path.write_text(",".join(f"c{i}" for i in range(400)) + "\n")
+    with pytest.raises(
+        DataError, match=r"f\.csv: its first line is longer than 1,000 bytes, too long for a header row"
+    ):
+        read_header(path)
+
+
+def test_what_is_not_a_regular_file_is_named_for_what_it_is(tmp_path):
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)  # reading it would wait for a writer for ever
+    not_regular = (
+        "not a regular file; CSV data is read in pieces from a file of known size, so save it to a file first."
+    )
+    with pytest.raises(DataError) as error:
+        read_csv(fifo)
+    assert str(error.value) == f"{fifo}: is a named pipe (FIFO), {not_regular}"
+    with pytest.raises(DataError) as error:
+        read_csv("/dev/zero")  # reading it would never end
+    assert str(error.value) == f"/dev/zero: is a character device, {not_regular}"
+    (tmp_path / "prepared").mkdir()  # say, a directory `logreg prepare` did not finish
+    with pytest.raises(DataError, match=r"prepared: is a directory without logreg\.json, so neither a CSV file nor a"):
+        read_csv(tmp_path / "prepared")
+    with pytest.raises(DataError, match=r"missing\.csv: no such file\.$"):
+        read_csv(tmp_path / "missing.csv")

@@ -3,6 +3,7 @@
 import gzip
 import hashlib
 import math
+import os
 import re
 import shutil
 import signal
@@ -109,6 +110,23 @@ def test_bad_data_files(tmp_path, capsys, files, extra, message):
     assert code == 1
     assert line.startswith("error: ") and len(line.splitlines()) == 1
     assert re.search(message, line), line
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory"])
+def test_a_dataset_that_is_not_a_regular_file_is_named_for_what_it_is(tmp_path, capsys, kind):
+    path = {"fifo": tmp_path / "pipe.csv", "device": Path("/dev/zero"), "directory": tmp_path / "half-prepared"}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":  # what a `logreg prepare` that never finished would leave, but for logreg.json
+        (path / "train").mkdir(parents=True)
+    code, line = run(fit_args(tmp_path, "--data.dataset", str(path)), capsys)
+    expected = {
+        "fifo": "is a named pipe (FIFO), not a regular file;",
+        "device": "is a character device, not a regular file;",
+        "directory": "is a directory without logreg.json, so neither a CSV file nor a directory made by `logreg prepare`",
+    }[kind]
+    assert code == 1 and line.startswith(f"error: {path}: {expected}"), line
+    assert not (tmp_path / "logs").exists()
 
 
 # (id, file bytes, expected message as a regex); the same file given to fit and to predict

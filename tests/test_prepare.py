@@ -1,4 +1,5 @@
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -166,3 +167,13 @@ def test_logreg_prepare_is_a_command_of_logreg(tmp_path, capsys):
     logreg(["prepare", "banknote", str(tmp_path / "bn"), "--seed", "3"])
     assert "Prepared 1,372 rows of 4 features from banknote" in capsys.readouterr().out
     assert json.loads((tmp_path / "bn" / "logreg.json").read_text())["seed"] == 3
+
+
+def test_a_source_that_is_not_a_regular_file_is_named_for_what_it_is(tmp_path):
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    for source, kind in ((fifo, "a named pipe (FIFO)"), ("/dev/zero", "a character device")):
+        with pytest.raises(SystemExit) as exit_info:
+            main([str(source), str(tmp_path / "out")])
+        assert exit_info.value.code.startswith(f"error: {source}: is {kind}, not a regular file;")
+        assert not (tmp_path / "out").exists()

@@ -68,6 +68,36 @@ def not_utf8(path: Path, byte: int, line: int) -> DataError:
     )
 
 
+def unreadable_line(path: Path, line: int, err: csv.Error, what: str) -> DataError:
+    """The message for a line Python's csv module cannot split into fields (``what`` a field should hold).
+
+    >>> str(unreadable_line(Path("f.csv"), 1, csv.Error("field larger than field limit (131072)"), "a column name"))
+    'f.csv: line 1 has a field of more than 131,072 characters, too long for a column name.'
+    """
+    if "field limit" in str(err):
+        return DataError(
+            f"{path}: line {line} has a field of more than {csv.field_size_limit():,} characters, too long for {what}."
+        )
+    if "new-line character" in str(err):
+        return DataError(
+            f"{path}: line {line} holds a carriage return (\\r) inside a field: are its lines ended by \\r alone, "
+            "as in old Mac files? Save it with \\n or \\r\\n line ends."
+        )
+    return DataError(f"{path}: line {line} cannot be split into fields ({err}).")
+
+
+def shown(cell: str, limit: int = 40) -> str:
+    """A cell as a message quotes it: whole when short, else its start and its length.
+
+    >>> shown("x" * 100)
+    "'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx...' (100 characters)"
+    """
+    if len(cell) <= limit:
+        return repr(cell)
+    start = repr(cell[:limit])
+    return f"{start[:-1]}...{start[-1]} ({len(cell):,} characters)"
+
+
 def bad_cell(path: Path, header: list[str], label: int | None, column: int, cell: str, line: int) -> DataError:
     """The message for a cell that is not a number.
 
@@ -77,12 +107,14 @@ def bad_cell(path: Path, header: list[str], label: int | None, column: int, cell
     cell = cell.strip()
     if "_" in cell:  # Python's float() reads 1_000; say why it is refused
         return DataError(
-            f"{path}: column {header[column]!r} holds {cell!r} on line {line}; write numbers without digit "
+            f"{path}: column {header[column]!r} holds {shown(cell)} on line {line}; write numbers without digit "
             "separators (1000, not 1_000)."
         )
     if column == label:
-        return DataError(f"{path}: labels in column {header[column]!r} must be 0 or 1, found {cell!r} on line {line}.")
-    return DataError(f"{path}: column {header[column]!r} holds the non-numeric value {cell!r} on line {line}.")
+        return DataError(
+            f"{path}: labels in column {header[column]!r} must be 0 or 1, found {shown(cell)} on line {line}."
+        )
+    return DataError(f"{path}: column {header[column]!r} holds the non-numeric value {shown(cell)} on line {line}.")
 
 
 @dataclass(frozen=True)
@@ -172,16 +204,19 @@ class TextPiece:
         except UnicodeDecodeError as err:
             return not_utf8(self.path, self.data[err.start], line_number(self.path, self.offset + err.start))
         first = line_number(self.path, self.offset)
-        rows, lines, ragged = [], [], None
+        rows, lines, ragged, unsplit = [], [], None, None
         reader = csv.reader(io.StringIO(text, newline=""))
-        for row in reader:
-            if not row:  # an empty line
-                continue
-            if len(row) != len(header):
-                ragged = (reader.line_num, len(row))
-                break
-            rows.append(row)
-            lines.append(reader.line_num)
+        try:
+            for row in reader:
+                if not row:  # an empty line
+                    continue
+                if len(row) != len(header):
+                    ragged = (reader.line_num, len(row))
+                    break
+                rows.append(row)
+                lines.append(reader.line_num)
+        except csv.Error as err:  # a field longer than the csv module takes, say; a row before it may be bad too
+            unsplit = unreadable_line(self.path, first + reader.line_num - 1, err, "a number")
         bad = None  # (row, column) of the first cell polars does not read as a number
         if rows:
             cells = pl.DataFrame([list(column) for column in zip(*rows, strict=True)], schema=list(types), orient="col")
@@ -195,6 +230,8 @@ class TextPiece:
         if bad is not None:
             row, column = bad
             return bad_cell(self.path, header, label, column, rows[row][column], first + lines[row] - 1)
+        if unsplit is not None:
+            return unsplit
         if ragged is not None:
             line, fields = ragged
             return DataError(

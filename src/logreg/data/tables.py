@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,8 @@ _NOT_TEXT = (
     (b"\xfe\xff", "is UTF-16 text; save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)"),
 )
 _SNIFF_BYTES = 4096
+MAX_HEADER_BYTES = 64 * 2**20  # a header of a million long column names fits; a file without line ends does not
+PREPARED_MARKER = "logreg.json"  # what ``logreg prepare`` writes last into its directory
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # 3.4e38: a larger feature becomes inf in the model
 
 
@@ -101,19 +104,54 @@ def check_text_file(path: Path) -> None:
         raise DataError(f"{path}: holds NUL bytes, so it is UTF-16 text or a binary file, not a UTF-8 CSV file.")
 
 
+def check_regular_file(path: Path) -> None:
+    """Raise DataError unless ``path`` is a regular file, saying what it is instead.
+
+    A CSV file is read in pieces from several offsets, and its size is known in advance: a named pipe, a
+    device such as /dev/zero or a directory cannot be read so (the first would block, the second never end).
+    """
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file.") from None
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise DataError(
+            f"{path}: is a directory without {PREPARED_MARKER}, so neither a CSV file nor a directory made by "
+            f"`logreg prepare` (which writes {PREPARED_MARKER} last, once every split is complete)."
+        )
+    kinds = (
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    )
+    kind = next((name for test, name in kinds if test(mode)), "a socket" if stat.S_ISSOCK(mode) else "not a file")
+    raise DataError(
+        f"{path}: is {kind}, not a regular file; CSV data is read in pieces from a file of known size, "
+        "so save it to a file first."
+    )
+
+
 def read_header(path: str | Path) -> list[str]:
     """The column names of a CSV file: its first row, stripped, without a UTF-8 byte-order mark."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file.")
+    check_regular_file(path)
     check_text_file(path)
     with path.open("rb") as f:
-        line = f.readline()
+        line = f.readline(MAX_HEADER_BYTES + 1)
+    if len(line) > MAX_HEADER_BYTES:
+        raise DataError(
+            f"{path}: its first line is longer than {MAX_HEADER_BYTES:,} bytes, too long for a header row of "
+            "column names; is it a CSV file with one row per line?"
+        )
     try:
         # utf-8-sig drops the byte-order mark some editors write, which would otherwise start the first name.
         header = next(csv.reader([line.decode("utf-8-sig")]), None)
     except UnicodeDecodeError as err:
         raise csvtext.not_utf8(path, line[err.start], 1) from None
+    except csv.Error as err:
+        raise csvtext.unreadable_line(path, 1, err, "a column name") from None
     if not header or not any(name.strip() for name in header):
         raise DataError(f"{path}: the file is empty; expected a header row of column names.")
     header = [name.strip() for name in header]

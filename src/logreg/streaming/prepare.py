@@ -135,7 +135,7 @@ def resolve_source(source: str, synthetic_rows: int, synthetic_features: int, sy
         files = sorted(p for p in path.glob("*.csv") if p.is_file())
         if not files:
             raise DataError(f"{source}: the directory holds no .csv file.")
-    elif path.is_file():
+    elif path.exists():  # a file, or a named pipe or device that read_header names as such
         files = [path]
     else:
         files = sorted(Path(p) for p in glob.glob(source) if Path(p).is_file())
