@@ -46,6 +46,7 @@ import torch
 
 from logreg.batch import Batch, ShardBatch
 from logreg.machinery.errors import ConfigError, DataError
+from logreg.streaming.integrity import check_split, damaged
 
 LITDATA_REQUIREMENT = "litdata==0.2.76"
 Split = Literal["train", "val", "test"]
@@ -100,16 +101,17 @@ class PreparedData:
     @classmethod
     def read(cls, url: str) -> PreparedData:
         """Read ``url/logreg.json``; a DataError says plainly when it is missing or not from ``logreg prepare``."""
+        url = url.rstrip("/")
         try:
-            text = _read_text(url.rstrip("/") + "/" + METADATA)
+            text = _read_text(f"{url}/{METADATA}")
             meta = json.loads(text)
-            return cls(
-                url.rstrip("/"),
-                tuple(meta["feature_names"]),
-                meta["label_name"],
+            data = cls(
+                url,
+                tuple(str(name) for name in meta["feature_names"]),
+                str(meta["label_name"]),
                 torch.tensor(meta["mean"], dtype=torch.float32),
                 torch.tensor(meta["std"], dtype=torch.float32),
-                {k: int(v) for k, v in meta["rows"].items()},
+                {split: int(meta["rows"][split]) for split in get_args(Split)},
                 int(meta["block_rows"]),
             )
         except (OSError, ValueError, KeyError, TypeError) as err:
@@ -117,6 +119,25 @@ class PreparedData:
                 f"{url}: not a prepared dataset ({METADATA} is missing or unreadable: {type(err).__name__}); "
                 "create one with `logreg prepare SOURCE DIR`."
             ) from None
+        width = len(data.feature_names)
+        if (
+            data.mean.shape != (width,)
+            or data.std.shape != (width,)
+            or not (data.mean.isfinite().all() and data.std.isfinite().all() and (data.std > 0).all())
+            or data.block_rows < 1
+            or min(data.rows.values()) < 1
+        ):
+            raise DataError(
+                f"{url}/{METADATA}: its statistics, row counts or block size do not describe {width} features "
+                "(changed by hand?); prepare the data again (logreg prepare SOURCE NEW_DIR)."
+            )
+        return data
+
+    def check(self, split: str) -> None:
+        """Raise DataError, naming the file, when the split's chunks are missing, damaged or hold other rows than
+        ``rows`` says (see :mod:`logreg.streaming.integrity`)."""
+        width = len(self.feature_names) + 1
+        check_split(self.url, split, width, self.rows[split], self.block_rows, _read_text)
 
     def split_url(self, split: str) -> str:
         return f"{self.url}/{split}"
@@ -131,6 +152,7 @@ class PreparedData:
         >>> tuple(data.load("train").shape) == (data.rows["train"], 5)
         True
         """
+        self.check(split)
         dataset = import_litdata().StreamingDataset(self.split_url(split))
         return torch.from_numpy(np.concatenate([dataset[i] for i in range(len(dataset))]))
 
@@ -228,6 +250,7 @@ class StreamingBatches:
         if split not in get_args(Split):
             raise ConfigError(f"split must be one of {', '.join(map(repr, get_args(Split)))}; got {split!r}.")
         litdata = import_litdata()
+        prepared.check(split)
         self.prepared, self.split = prepared, split
         self.mean, self.std = mean.float(), std.float()
         # (x - mean) / std as x * scale + shift, in one pass; the two factors in float64, then float32
@@ -380,7 +403,12 @@ class StreamingBatches:
         a copy, a subtraction and a division over the window made epochs memory-bound at a third of in-memory
         speed.
         """
-        blocks = list(blocks)
+        from litdata.exceptions import ChunkWaitTimeoutError
+
+        try:
+            blocks = list(blocks)
+        except ChunkWaitTimeoutError as err:  # LitData waits for a chunk file that was there when checked
+            raise damaged(err.path, "vanished or shrank while it was being read") from None
         if not blocks:
             return None
         with warnings.catch_warnings():
