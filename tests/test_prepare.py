@@ -1,5 +1,10 @@
 import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -177,3 +182,134 @@ def test_a_source_that_is_not_a_regular_file_is_named_for_what_it_is(tmp_path):
             main([str(source), str(tmp_path / "out")])
         assert exit_info.value.code.startswith(f"error: {source}: is {kind}, not a regular file;")
         assert not (tmp_path / "out").exists()
+
+
+def test_a_failure_while_packing_leaves_nothing_and_a_rerun_works(tmp_path, monkeypatch):
+    def broken(spec):  # in a LitData worker of the packing process
+        raise RuntimeError("a worker failed")
+
+    out = tmp_path / "out"
+    monkeypatch.setattr("logreg.streaming.prepare._load_block", broken)
+    with pytest.raises(RuntimeError, match="a worker failed"):
+        prepare("synthetic", out, synthetic_rows=500, synthetic_features=2)
+    assert not out.exists()
+    monkeypatch.undo()
+    assert prepare("synthetic", out, synthetic_rows=500, synthetic_features=2)["rows"]["train"] > 0
+
+
+def test_an_existing_empty_out_dir_is_left_empty_after_a_failure(tmp_path, monkeypatch):
+    def short_write(file, array):  # what numpy raises when the disk fills: no errno, no file name
+        raise OSError("179694 requested and 109536 written")
+
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setattr("logreg.streaming.prepare.np.save", short_write)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(separable_csv(tmp_path / "d.csv", rows=50)), str(out)])
+    assert exit_info.value.code == (
+        f"error: {out}/.work/000000-train.npy: cannot be written: 179694 requested and 109536 written; "
+        "nothing of the run is left."
+    )
+    assert out.is_dir() and not list(out.iterdir())
+
+
+def test_a_disk_without_room_for_the_chunks_is_named_before_packing(tmp_path, monkeypatch):
+    """LitData's workers wait on each other for ever when a chunk cannot be written: refuse before packing."""
+    real = shutil.disk_usage
+    free = {"bytes": 10**12}  # room for the pieces, then none for the chunks
+
+    def disk_usage(path):
+        return real(path)._replace(free=free["bytes"])
+
+    def process(task):
+        free["bytes"] = 3 * 2**20  # after the pieces: 3 MiB left, the chunks of 150,000 x 3 float32 need 1.7 MiB more
+        return real_process(task)
+
+    from logreg.streaming import prepare as module
+
+    real_process = module._process
+    monkeypatch.setattr(module.shutil, "disk_usage", disk_usage)
+    monkeypatch.setattr(module, "_process", process)
+    prepare("synthetic", tmp_path / "fits", synthetic_rows=150_000, synthetic_features=2, num_workers=1)
+    free["bytes"] = 10**12
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                *("synthetic", str(tmp_path / "out"), "--synthetic_rows", "300000", "--synthetic_features", "2"),
+                *("--num_workers", "1"),
+            ]
+        )
+    assert exit_info.value.code == (
+        f"error: {tmp_path / 'out'}: its disk has 3 MiB free, and the LitData chunks need 3 MiB more (the rows are "
+        "on disk twice until they are packed); make room or choose a directory on another disk."
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_leftovers_of_a_killed_run_are_named(tmp_path):
+    out = tmp_path / "out"
+    (out / ".work").mkdir(parents=True)  # what kill -9 leaves
+    with pytest.raises(SystemExit) as exit_info:
+        main(["banknote", str(out)])
+    assert exit_info.value.code == (
+        f"error: {out}: holds the leftovers of a `logreg prepare` that was killed (its .work directory), or one is "
+        f"writing into it now; delete it (rm -r {out}) or choose a new directory for the prepared data."
+    )
+
+
+# A `logreg prepare` process that signals itself from inside one of its phases, as a user's Ctrl+C (to the
+# terminal's process group) or SIGTERM (to the process) would arrive there; it records the packing process
+# group (LitData's processes) so the test can see that none of it outlives the command.
+STOPPED_FROM_INSIDE = """
+import os, signal, sys, time
+from pathlib import Path
+import logreg.streaming.prepare as prepare
+
+main_pid, signum, phase, record = os.getpid(), int(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+
+def stop(*args):
+    record.write_text(str(os.getpgid(0)))
+    if signum == signal.SIGINT:
+        os.killpg(os.getpgid(main_pid), signal.SIGINT)  # the terminal's Ctrl+C: every process of its group
+    else:
+        os.kill(main_pid, signal.SIGTERM)
+    time.sleep(120)
+
+if phase == "pieces":
+    prepare.process_piece = stop
+else:
+    prepare._load_block = stop
+from logreg.launch import main
+main(["prepare", *sys.argv[4:]])
+"""
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch: seconds
+@pytest.mark.parametrize("phase", ["pieces", "packing"])
+@pytest.mark.parametrize(("signum", "name"), [(signal.SIGINT, "SIGINT (Ctrl+C)"), (signal.SIGTERM, "SIGTERM")])
+def test_a_signal_ends_prepare_in_one_line_with_its_code_and_leaves_nothing(tmp_path, phase, signum, name):
+    out, record = tmp_path / "out", tmp_path / "group"
+    args = ["synthetic", str(out), "--synthetic_rows", "250000", "--synthetic_features", "2", "--num_workers", "2"]
+    process = subprocess.run(
+        [sys.executable, "-c", STOPPED_FROM_INSIDE, str(int(signum)), phase, str(record), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        start_new_session=True,  # its own process group, as a shell gives a command
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")},
+    )
+    assert process.returncode == 128 + signum, process.stderr
+    assert process.stderr == f"error: logreg prepare was stopped by {name}; nothing of it is left in {out}.\n"
+    assert not out.exists()
+    group = int(record.read_text())
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # killed processes end at once, but not within the call that kills them
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"processes of group {group} outlived logreg prepare")
+    main(args)  # a rerun works
+    assert (out / "logreg.json").is_file()

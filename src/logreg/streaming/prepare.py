@@ -23,12 +23,14 @@ naming the file and the line; nothing is left in OUT_DIR then.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import math
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -40,10 +42,13 @@ import numpy as np
 
 from logreg.data.csv import PIECE_BYTES, TextPiece, piece_ranges
 from logreg.data.tables import BANKNOTE_COLUMNS, BANKNOTE_PATH, find_columns, read_header, read_rows
-from logreg.machinery.errors import ConfigError, DataError, reporting
-from logreg.streaming.data import import_litdata
+from logreg.machinery import interrupt
+from logreg.machinery.atomic import AtomicFile
+from logreg.machinery.errors import ConfigError, DataError, WriteError, exit_with, reporting
+from logreg.machinery.isolated import run_isolated, signals_held
+from logreg.streaming.data import METADATA, import_litdata
 
-METADATA = "logreg.json"
+WORK = ".work"  # OUT_DIR/.work: the pieces, then the splits until they are complete
 FORMAT = "logreg-prepared-1"
 SPLITS = ("train", "val", "test")
 SYNTHETIC_PIECE_ROWS = 100_000  # 100,000 x D float64 per worker at a time
@@ -201,7 +206,11 @@ def process_piece(settings: Settings, piece: Piece) -> PieceResult:
     rows = {}
     for split in SPLITS:
         part = table[masks[split]]
-        np.save(settings.work / f"{piece.index:06d}-{split}.npy", part)
+        path = settings.work / f"{piece.index:06d}-{split}.npy"
+        try:
+            np.save(path, part)
+        except OSError as err:  # numpy's own short-write error names neither the file nor the reason
+            raise _cannot_write(path, err) from None
         rows[split] = len(part)
     x = table[masks["train"], :-1].astype(np.float64)  # the stored float32 values, in float64
     mean = x.mean(axis=0) if len(x) else np.zeros(x.shape[1])
@@ -278,8 +287,37 @@ def default_block_rows(n_train: int) -> int:
 
 
 def _check_out_dir(out: Path) -> None:
+    if (out / WORK).is_dir() and not (out / METADATA).exists():
+        raise DataError(
+            f"{out}: holds the leftovers of a `logreg prepare` that was killed (its {WORK} directory), or one is "
+            f"writing into it now; delete it (rm -r {out}) or choose a new directory for the prepared data."
+        )
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"{out}: already exists and is not empty; choose a new directory for the prepared data.")
+
+
+def _claim_work_dir(out: Path) -> tuple[Path, bool]:
+    """Make OUT_DIR (if new) and OUT_DIR/.work, atomically: of two runs started at once into OUT_DIR, one gets
+    it, the other stops. Returns the work directory, and whether OUT_DIR was made here."""
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        (out / WORK).mkdir()
+    except FileExistsError:
+        raise DataError(f"{out}: another `logreg prepare` is writing into it; choose a new directory.") from None
+    return out / WORK, created
+
+
+def _remove_output(out: Path, created: bool) -> None:
+    """Remove what this run wrote into OUT_DIR (empty when it started), and OUT_DIR itself if this run made it."""
+    with signals_held():  # a second Ctrl+C must not stop the removal half-way
+        shutil.rmtree(out / WORK, ignore_errors=True)
+        for split in SPLITS:  # moved out of the work directory at the end
+            shutil.rmtree(out / split, ignore_errors=True)
+        (out / METADATA).unlink(missing_ok=True)
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()
 
 
 def prepare(
@@ -334,24 +372,21 @@ def prepare(
     src = resolve_source(source, synthetic_rows, synthetic_features, synthetic_noise)
     where = src.files[0] if src.files else source
     features, label = find_columns(where, list(src.header), label_column)
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    with signals_held():  # a stop between the two mkdirs would leave an empty OUT_DIR
+        work, created = _claim_work_dir(out)
     try:
         return _prepare(
-            src, out, features, label, seed, val_fraction, test_fraction, num_workers, block_rows, piece_bytes
+            src, out, work, features, label, seed, val_fraction, test_fraction, num_workers, block_rows, piece_bytes
         )
-    except BaseException:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        else:  # it was empty: leave it so
-            for child in out.iterdir():
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    except BaseException:  # a bad row, a full disk, Ctrl+C or SIGTERM (KeyboardInterrupt): nothing is left
+        _remove_output(out, created)
         raise
 
 
 def _prepare(
     src: Source,
     out: Path,
+    work: Path,
     features: list[int],
     label: int,
     seed: int,
@@ -364,8 +399,6 @@ def _prepare(
     optimize = import_litdata().optimize  # imported here: the in-memory path does not need litdata
 
     started = time.perf_counter()
-    work = out / ".work"
-    work.mkdir()
     settings = Settings(src, work, features, label, seed, val_fraction, test_fraction)
     pieces = make_pieces(src, piece_bytes)
     workers = max(1, min(num_workers or os.cpu_count() or 1, len(pieces)))
@@ -376,7 +409,7 @@ def _prepare(
         results = [_process(task) for task in tasks]
     else:
         # fork: the workers start at once (spawn would import torch in each, seconds apiece)
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
+        with multiprocessing.get_context("fork").Pool(workers, initializer=_leave_signals_to_parent) as pool:
             results = list(pool.imap(_process, tasks, chunksize=1))
     rows = {split: sum(r.rows[split] for r in results) for split in SPLITS}
     n = sum(rows.values())
@@ -393,21 +426,28 @@ def _prepare(
     block = block_rows or default_block_rows(rows["train"])
     width = len(features) + 1
     blocks_per_chunk = max(1, CHUNK_BYTES // (block * width * 4))
-    for split in SPLITS:
-        files = [(str(work / f"{r.index:06d}-{split}.npy"), r.rows[split]) for r in results]
-        specs = block_specs(files, block)
-        optimize(
-            fn=_load_block,
-            inputs=specs,
-            output_dir=str(out / split),
-            chunk_size=blocks_per_chunk,
-            num_workers=max(1, min(workers, len(specs))),
-            start_method="fork",
-            keep_data_ordered=True,  # the same blocks in the same order for the same input and workers
-            reorder_files=False,
-            verbose=False,
-        )
-    shutil.rmtree(work)
+    _check_room(work, n * width * 4 + math.ceil(n / block) * 64)  # the rows again, and a header per block
+
+    def pack() -> None:
+        for split in SPLITS:
+            files = [(str(work / f"{r.index:06d}-{split}.npy"), r.rows[split]) for r in results]
+            specs = block_specs(files, block)
+            optimize(
+                fn=_load_block,
+                inputs=specs,
+                output_dir=str(work / split),
+                chunk_size=blocks_per_chunk,
+                num_workers=max(1, min(workers, len(specs))),
+                start_method="fork",
+                keep_data_ordered=True,  # the same blocks in the same order for the same input and workers
+                reorder_files=False,
+                verbose=False,
+            )
+
+    # LitData's optimize sets a SIGINT handler that ends its process with os._exit(0): exit code 0, no message,
+    # our clean-up skipped, a half-written OUT_DIR. It runs in a child process out of the terminal's reach,
+    # which this process stops with its workers on a signal, then removes what was written (see `prepare`).
+    run_isolated(pack, f"{out}: packing the splits into LitData chunks")
     metadata = {
         "format": FORMAT,
         "source": src.name,
@@ -422,8 +462,38 @@ def _prepare(
         "test_fraction": test_fraction,
         "seconds": round(time.perf_counter() - started, 3),
     }
-    (out / METADATA).write_text(json.dumps(metadata, indent=1) + "\n")
+    # Under their final names only once complete, logreg.json last: it marks the directory as prepared.
+    for split in SPLITS:
+        (work / split).rename(out / split)
+    with AtomicFile(out / METADATA, text=True, what="description of the prepared data") as f:
+        f.write(json.dumps(metadata, indent=1) + "\n")
+    shutil.rmtree(work)
     return metadata
+
+
+def _cannot_write(path: Path, err: OSError) -> WriteError:
+    free = shutil.disk_usage(path.parent).free
+    full = " (its disk is full)" if free < 2**20 else ""
+    return WriteError(f"{path}: cannot be written{full}: {err.strerror or err}; nothing of the run is left.")
+
+
+def _check_room(work: Path, needed: int) -> None:
+    """Raise WriteError unless the disk has room for ``needed`` more bytes of chunks. LitData's optimize does not
+    end when a write fails for want of room: its workers wait on each other for ever (litdata 0.2.76)."""
+    free = shutil.disk_usage(work).free
+    if free < needed + 2**20:
+        raise WriteError(
+            f"{work.parent}: its disk has {free / 2**20:,.0f} MiB free, and the LitData chunks need "
+            f"{needed / 2**20:,.0f} MiB more (the rows are on disk twice until they are packed); make room or "
+            "choose a directory on another disk."
+        )
+
+
+def _leave_signals_to_parent() -> None:
+    """A piece worker ignores Ctrl+C (the terminal sends it to every process) and ends at SIGTERM, as the
+    parent, stopping, terminates its pool; the parent's handlers would print a traceback per worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -457,9 +527,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args: Sequence[str] | None = None) -> None:
-    """``logreg prepare``: mistakes end in one line on stderr and exit code 1 (2 for the command line)."""
-    options = build_parser().parse_args(args)
-    metadata = reporting(prepare, **vars(options))
+    """``logreg prepare``: mistakes end in one line on stderr and exit code 1 (2 for the command line); Ctrl+C or
+    SIGTERM in one line and exit code 130 or 143, with nothing of the run left in OUT_DIR."""
+    with interrupt.handlers():  # from here a signal raises KeyboardInterrupt, and `prepare` cleans up
+        options = build_parser().parse_args(args)
+        try:
+            metadata = reporting(prepare, **vars(options))
+        except KeyboardInterrupt:
+            signum = interrupt.received() or signal.SIGINT
+            exit_with(
+                f"logreg prepare was stopped by {interrupt.signal_name(signum)}; nothing of it is left in "
+                f"{options.out_dir}.",
+                interrupt.exit_code(signum),
+            )
     rows = metadata["rows"]
     print(
         f"Prepared {sum(rows.values()):,} rows of {len(metadata['feature_names'])} features from {options.source} "
