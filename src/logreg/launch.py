@@ -19,6 +19,7 @@ EXTRA_COMMANDS = {
     "prepare": "logreg.streaming.prepare",
     "sweep": "logreg.sweep",
     "export": "logreg.serve.export",
+    "serve": "logreg.serve.server",
 }
 
 
