@@ -51,6 +51,7 @@ BAD = [
 class Server:
     process: subprocess.Popen
     url: str
+    log: Path
 
     def post(self, body: object) -> tuple[int, dict]:
         """POST /predict: (status, JSON answer); a bytes body is sent as it is."""
@@ -106,21 +107,22 @@ def alive(processes: set[tuple[int, str]]) -> set[tuple[int, str]]:
 
 
 @contextlib.contextmanager
-def serving(ckpt: Path, *options: str) -> Iterator[Server]:
-    """``logreg serve`` in a session of its own (as a terminal's job), until it answers GET /health."""
+def serving(ckpt: Path, log: Path, *options: str) -> Iterator[Server]:
+    """``logreg serve`` in a session of its own (as a terminal's job), until it answers GET /health; its output
+    goes to ``log`` (a pipe nobody reads while it runs could fill and block it)."""
     port = free_port()
-    process = subprocess.Popen(
-        [str(LOGREG), "serve", "--ckpt_path", str(ckpt), "--port", str(port), *options],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    server = Server(process, f"http://127.0.0.1:{port}")
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [str(LOGREG), "serve", "--ckpt_path", str(ckpt), "--port", str(port), *options],
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+    server = Server(process, f"http://127.0.0.1:{port}", log)
     try:
         deadline = time.monotonic() + START_SECONDS
         while True:
-            assert process.poll() is None, f"logreg serve ended at start: {process.communicate()[1][-3000:]}"
+            assert process.poll() is None, f"logreg serve ended at start: {log.read_text()[-3000:]}"
             with contextlib.suppress(OSError):
                 if server.get("/health") == "ok":
                     break
@@ -130,24 +132,24 @@ def serving(ckpt: Path, *options: str) -> Iterator[Server]:
     finally:
         if process.poll() is None:  # a failed test: leave nothing running
             os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
+        process.wait()
 
 
 def stop(server: Server, signum: int, group: bool) -> tuple[int, str]:
     """Send ``signum`` (to the process, or to its whole group as a terminal's Ctrl+C does); return its exit code
-    and stderr after checking that no process it started is left running."""
+    and output after checking that no process it started is left running."""
     children = descendants(server.process.pid)
     assert len(children) >= 3  # LitServe's inference worker, its HTTP server, multiprocessing's helpers
     if group:
         os.killpg(server.process.pid, signum)
     else:
         os.kill(server.process.pid, signum)
-    _, err = server.process.communicate(timeout=60)
+    server.process.wait(timeout=60)
     deadline = time.monotonic() + 10  # orphans of a dead parent are reaped by init: give them a moment
     while alive(children) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not alive(children), f"left running: {alive(children)}"
-    return server.process.returncode, err
+    return server.process.returncode, server.log.read_text()
 
 
 def banknote_rows(data: Path, rows: slice) -> list[dict]:
@@ -160,9 +162,11 @@ def banknote_rows(data: Path, rows: slice) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_the_server_answers_as_predict_batches_concurrent_requests_and_stops_on_sigterm(banknote):
+def test_the_server_answers_as_predict_batches_concurrent_requests_and_stops_on_sigterm(banknote, tmp_path):
     expected = banknote["probabilities"]
-    with serving(banknote["ckpt"], "--max_batch_size", "8", "--batch_timeout", "0.05") as server:
+    with serving(
+        banknote["ckpt"], tmp_path / "serve.log", "--max_batch_size", "8", "--batch_timeout", "0.05"
+    ) as server:
         status, answer = server.post({"rows": banknote_rows(banknote["data"], slice(0, 5))})
         assert status == 200 and answer["label"] == "class"
         np.testing.assert_allclose(answer["probabilities"], expected[:5], rtol=0, atol=1e-6)
@@ -197,8 +201,8 @@ def test_the_server_answers_as_predict_batches_concurrent_requests_and_stops_on_
 
 
 @pytest.mark.slow
-def test_without_batching_the_threshold_applies_and_ctrl_c_stops_every_process(banknote):
-    with serving(banknote["ckpt"], "--max_batch_size", "1", "--threshold", "0.9") as server:
+def test_without_batching_the_threshold_applies_and_ctrl_c_stops_every_process(banknote, tmp_path):
+    with serving(banknote["ckpt"], tmp_path / "serve.log", "--threshold", "0.9") as server:  # batching off: default
         status, answer = server.post({"rows": banknote_rows(banknote["data"], slice(600, 900))})  # both classes
         assert status == 200
         np.testing.assert_allclose(answer["probabilities"], banknote["probabilities"][600:900], rtol=0, atol=1e-6)
@@ -216,6 +220,9 @@ def test_options_the_server_cannot_run_with_fail_in_one_line_before_it_starts(ba
     with pytest.raises(SystemExit) as stop:
         main(["serve", "--ckpt_path", ckpt, "--threshold", "1.5", "--port", str(free_port())])
     assert stop.value.code == "error: --threshold must lie strictly between 0 and 1; got 1.5."
+    with pytest.raises(SystemExit) as stop:
+        main(["serve", "--ckpt_path", ckpt, "--max_batch_size", "8", "--batch_timeout", "0"])
+    assert stop.value.code == "error: --batch_timeout must lie above 0 and at most 1 second; got 0.0."
     with pytest.raises(SystemExit) as stop:
         main(["serve", "--ckpt_path", ckpt, "--port", "80"])
     assert stop.value.code == "error: --port must lie between 1024 and 65535; got 80."

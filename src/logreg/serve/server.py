@@ -2,8 +2,10 @@
 
 ``POST /predict`` (see :mod:`logreg.serve.api` for the request and the answer), ``GET /health`` (``ok`` once the
 workers are ready), ``GET /info`` (the model's columns). It listens on the loopback address unless ``--host`` says
-otherwise. LitServe batches concurrent requests into one forward pass, up to ``--max_batch_size`` requests waiting
-at most ``--batch_timeout`` seconds (``--max_batch_size 1``: no batching).
+otherwise. With ``--max_batch_size`` above 1, LitServe batches concurrent requests into one forward pass, waiting at
+most ``--batch_timeout`` seconds for a batch to fill. Off by default: the template's models take microseconds per
+forward pass on a CPU, so a request's cost is LitServe's passage through its processes, which batching does not
+shorten, while the wait adds to every request's latency (docs/benchmarks.md, Serving).
 
 LitServe runs the model in worker processes and HTTP servers in others. Its ``run`` stops them all on Ctrl+C, but
 SIGTERM (``kill``, Docker, Kubernetes) ends only the main process and leaves them running: here SIGTERM takes
@@ -48,7 +50,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--host", choices=HOSTS, default=HOSTS[0], help="Address to listen on (0.0.0.0: all).")
     parser.add_argument("--port", type=int, default=8000, help="Port to listen on, 1024 to 65535.")
     parser.add_argument(
-        "--max_batch_size", type=int, default=16, help="Most concurrent requests run as one batch (1: no batching)."
+        "--max_batch_size", type=int, default=1, help="Most concurrent requests run as one batch (1: no batching)."
     )
     parser.add_argument(
         "--batch_timeout", type=float, default=0.001, help="Seconds to wait for a batch to fill before running it."
@@ -66,8 +68,8 @@ def check_options(opts: Any) -> None:
         raise ConfigError(
             f"--max_batch_size and --workers must be 1 or more; got {opts.max_batch_size} and {opts.workers}."
         )
-    if not 0 <= opts.batch_timeout <= 1:
-        raise ConfigError(f"--batch_timeout must lie between 0 and 1 second; got {opts.batch_timeout}.")
+    if not 0 < opts.batch_timeout <= 1:  # at 0, LitServe polls its queue without pause: a busy core, even idle
+        raise ConfigError(f"--batch_timeout must lie above 0 and at most 1 second; got {opts.batch_timeout}.")
     if not 0 < opts.threshold < 1:
         raise ConfigError(f"--threshold must lie strictly between 0 and 1; got {opts.threshold}.")
     family = socket.AF_INET6 if ":" in opts.host else socket.AF_INET
