@@ -109,3 +109,14 @@ def test_the_predictor_moves_and_saves_with_its_statistics(banknote):
     saved = torch.load(banknote["ckpt"], weights_only=True)["TabularDataModule"]
     assert torch.equal(state["mean"], saved["mean"]) and torch.equal(state["std"], saved["std"])
     assert {"model.linear.weight", "model.linear.bias"} <= state.keys()
+
+
+def test_the_readme_python_lines_run_as_written(tmp_path, monkeypatch):
+    from test_docs import ROOT, python_block
+
+    monkeypatch.chdir(tmp_path)  # the README's path is relative: lightning_logs/minibatch/version_0
+    main(["fit", "--trainer.max_epochs", "1", *QUIET])
+    scope: dict = {}
+    exec(python_block(ROOT / "README.md", "load_predictor("), scope)
+    assert scope["probabilities"].shape == (1,) and 0 <= scope["probabilities"].item() <= 1
+    assert scope["predictor"].feature_names == ["variance", "skewness", "curtosis", "entropy"]
