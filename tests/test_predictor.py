@@ -10,39 +10,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import QUIET, predicted
+from test_own_code import PLAIN_MODEL  # a LightningModule written from scratch, as a user would
 
 from logreg import LogisticRegression, load_predictor
 from logreg.cli import main
 from logreg.machinery.checkpoint import read_checkpoint
 from logreg.machinery.errors import DataError
 from logreg.predictor import Predictor, import_class
-
-# A model written from scratch, as a user would: a plain LightningModule keeping the CLI's three promises.
-OWN_MODEL = """
-import lightning as L
-import torch
-import torch.nn.functional as F
-
-
-class Logit(L.LightningModule):
-    def __init__(self, num_features: int, lr: float = 0.5):
-        super().__init__()
-        self.save_hyperparameters()
-        self.linear = torch.nn.Linear(num_features, 1)
-
-    def forward(self, x):
-        return self.linear(x).squeeze(-1)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return F.binary_cross_entropy_with_logits(self(x), y)
-
-    def predict_step(self, batch, batch_idx):
-        return torch.sigmoid(self(batch[0]))
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
-"""
 
 
 def raw_rows(data: Path) -> torch.Tensor:
@@ -63,10 +37,9 @@ def test_the_predictor_gives_logreg_predicts_probabilities_from_raw_rows(banknot
     assert (alone.detach() - probs).abs().max() > 0.1
 
 
-@pytest.mark.filterwarnings("ignore:You passed in a `val_dataloader` but have no `validation_step`")
 @pytest.mark.parametrize("model", ["logreg.models.MLP", "own_model.Logit"])
 def test_the_predictor_works_for_another_model_and_a_users_own(model, banknote, tmp_path, monkeypatch):
-    (tmp_path / "own_model.py").write_text(textwrap.dedent(OWN_MODEL))
+    (tmp_path / "own_model.py").write_text(textwrap.dedent(PLAIN_MODEL))
     monkeypatch.syspath_prepend(str(tmp_path))
     args = ["fit", "--model", model, "--data.batch_mode", "full", "--trainer.max_epochs", "3"]
     main([*args, "--trainer.default_root_dir", str(tmp_path / "logs"), *QUIET])
