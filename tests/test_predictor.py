@@ -93,3 +93,10 @@ def test_the_readme_python_lines_run_as_written(tmp_path, monkeypatch):
     exec(python_block(ROOT / "README.md", "load_predictor("), scope)
     assert scope["probabilities"].shape == (1,) and 0 <= scope["probabilities"].item() <= 1
     assert scope["predictor"].feature_names == ["variance", "skewness", "curtosis", "entropy"]
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_predictor_gives_the_same_probabilities(banknote):
+    predictor = load_predictor(banknote["ckpt"]).to("cuda")  # the statistics move with the model
+    probs = predictor(raw_rows(banknote["data"]).cuda()).cpu()
+    np.testing.assert_allclose(probs.numpy(), banknote["probabilities"], rtol=0, atol=1e-6)

@@ -1,9 +1,9 @@
 """What ``logreg serve`` computes for a request: a LitServe API around :class:`~logreg.predictor.Predictor`.
 
 ``POST /predict`` takes ``{"rows": [{"variance": 3.62, "skewness": 8.67, ...}, ...]}``, each row naming its
-features (other keys are ignored, as ``logreg predict`` ignores other columns), and answers
-``{"label": "class", "probabilities": [...], "predictions": [...]}``. A request the model cannot read answers 422
-with one sentence naming the row and the field.
+features, and answers ``{"label": "class", "probabilities": [...], "predictions": [...]}``. A request the model
+cannot read answers 422 with one sentence naming the row and the field. Other keys of a row (an id, the label)
+are ignored: the features are taken by name, so a mistyped one shows up as missing.
 
 Requests are checked in the worker, one by one, before the batch is put together, and a rejected request keeps
 its place with its message: with dynamic batching, one bad request among concurrent ones fails alone.
