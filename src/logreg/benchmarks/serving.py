@@ -131,12 +131,14 @@ def server(ckpt: Path, name: str, options: list[str], work: Path) -> Iterator[in
             time.sleep(0.5)
         yield port
     finally:
-        # logreg serve ends its workers on SIGTERM; a plain LitServe server only on Ctrl+C (SIGTERM would leave them)
-        process.send_signal(signal.SIGINT if name == BARE else signal.SIGTERM)
         try:
-            process.wait(60)
+            if name != BARE:  # logreg serve ends its workers on SIGTERM
+                process.send_signal(signal.SIGTERM)
+                process.wait(60)
         finally:
-            with contextlib.suppress(ProcessLookupError):  # nothing of its session outlives the measurement
+            # The bare server, and anything left: its whole session. A plain LitServe server ends its workers only
+            # on Ctrl+C, which a benchmark started in the background (SIGINT ignored) cannot send it.
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
 
