@@ -15,7 +15,12 @@ from types import FrameType
 
 _NAMES = {signal.SIGINT: "SIGINT (Ctrl+C)", signal.SIGTERM: "SIGTERM"}
 # Commands that are not Trainer methods: each has its own parser and reports its own mistakes in one line.
-EXTRA_COMMANDS = {"prepare": "logreg.streaming.prepare", "sweep": "logreg.sweep"}
+EXTRA_COMMANDS = {
+    "prepare": "logreg.streaming.prepare",
+    "sweep": "logreg.sweep",
+    "export": "logreg.serve.export",
+    "serve": "logreg.serve.server",
+}
 
 
 def main(args: list[str] | None = None) -> None:

@@ -29,6 +29,8 @@ class SavedRun:
         epochs_done: Training epochs completed when it was saved (a run resumed from it with ``max_epochs``
             at or below this has nothing left to train).
         global_step: Weight updates done when it was saved.
+        model_class: The model's class path as LightningCLI recorded it (None: not recorded).
+        data_class: The data module's class path as LightningCLI recorded it (None: not recorded).
     """
 
     path: Path
@@ -36,6 +38,8 @@ class SavedRun:
     data_state: dict[str, Any] | None = None
     epochs_done: int = 0
     global_step: int = 0
+    model_class: str | None = None
+    data_class: str | None = None
 
     @property
     def feature_names(self) -> list[str] | None:
@@ -73,8 +77,8 @@ def read_checkpoint(path: str | Path, data_key: str | None = None) -> SavedRun:
     hparams = checkpoint.get("hyper_parameters")
     num_features = hparams.get("num_features") if isinstance(hparams, dict) else None
     # The state of the data module it was trained with (LightningCLI records that class), else of ``data_key``'s
-    trained_with = (checkpoint.get("datamodule_hyper_parameters") or {}).get("_class_path")
-    data_key = trained_with.rsplit(".", 1)[-1] if isinstance(trained_with, str) else data_key
+    trained_with = _class_path(checkpoint.get("datamodule_hyper_parameters"))
+    data_key = trained_with.rsplit(".", 1)[-1] if trained_with is not None else data_key
     data = checkpoint.get(data_key) if data_key is not None else None
     data = data if isinstance(data, dict) else None
     _check_finite(path, checkpoint["state_dict"], "weights")
@@ -85,7 +89,14 @@ def read_checkpoint(path: str | Path, data_key: str | None = None) -> SavedRun:
         data,
         epochs_done=_epochs_done(checkpoint),
         global_step=int(checkpoint.get("global_step", 0)),
+        model_class=_class_path(hparams),
+        data_class=trained_with,
     )
+
+
+def _class_path(hparams: Any) -> str | None:
+    found = hparams.get("_class_path") if isinstance(hparams, dict) else None
+    return found if isinstance(found, str) else None
 
 
 def _epochs_done(checkpoint: dict[str, Any]) -> int:
