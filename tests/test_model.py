@@ -10,10 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import scalars
+from conftest import scalars, session_hparams
 from sklearn.linear_model import LogisticRegression as SklearnLogisticRegression
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.plugins.hparams import metadata as hparams_metadata
 from torch.utils.data import DataLoader, TensorDataset
 
 from logreg import MLP, ConfigError, LogisticRegression, TabularDataModule
@@ -161,16 +159,6 @@ def test_epoch_loss_is_the_row_weighted_mean_of_the_step_losses(tmp_path):
     expected = sum(v * n for v, n in zip(steps, sizes, strict=True)) / n_train
     assert series["train/loss_epoch"][0][1] == pytest.approx(expected, rel=1e-6)
     assert expected != pytest.approx(sum(steps) / len(steps), rel=1e-6)  # an unweighted mean would differ
-
-
-def session_hparams(run_dir) -> dict:
-    """The hyperparameters a run wrote for TensorBoard's HPARAMS tab, read back from its event file."""
-    events = EventAccumulator(str(run_dir))
-    events.Reload()
-    content = events.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
-    assert hparams_metadata.EXPERIMENT_TAG not in content  # TensorBoard then builds it from every run
-    start = hparams_metadata.parse_session_start_info_plugin_data(content[hparams_metadata.SESSION_START_INFO_TAG])
-    return {name: getattr(value, value.WhichOneof("kind")) for name, value in start.hparams.items()}
 
 
 @pytest.mark.parametrize("batch_mode", ["full", "example", "minibatch"])

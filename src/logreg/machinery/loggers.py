@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import time
 from argparse import Namespace
+from collections.abc import Mapping
 from typing import Any
 
-from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
 from lightning.pytorch.loggers import TensorBoardLogger as _TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.tensorboard.summary import hparams as hparams_summary
@@ -46,6 +46,7 @@ class TensorBoardLogger(_TensorBoardLogger):
         super().__init__(save_dir, name=name, default_hp_metric=False, flush_secs=flush_secs, **kwargs)
         self.flush_secs = flush_secs
         self._flush_due = float("-inf")  # the first save() also writes hparams.yaml, as Lightning's does
+        self._session_written = False  # the HPARAMS tab's session start, written at the first log_hyperparams
 
     @override
     @rank_zero_only
@@ -61,10 +62,28 @@ class TensorBoardLogger(_TensorBoardLogger):
         self, params: dict[str, Any] | Namespace, metrics: dict[str, Any] | None = None, step: int | None = None
     ) -> None:
         super().log_hyperparams(params, metrics, step)  # hparams.yaml, and the tab when metrics are given
-        if metrics is not None:
+        if metrics is not None or self._session_written:  # once: a later stage's writer may be closed already
             return
-        # Lightning's own bookkeeping entries (the CLI's instantiator) start with "_" and say nothing about the run.
-        flat = {k: v for k, v in _flatten_dict(_convert_params(params)).items() if not k.startswith("_")}
         # Only the session start: with no experiment summary, TensorBoard builds one from all runs.
-        _, session_start, _ = hparams_summary(self._sanitize_params(flat), {})
-        self.experiment._get_file_writer().add_summary(session_start)
+        _, session_start, _ = hparams_summary(flat_hparams(self.hparams), {})
+        self.experiment.file_writer.add_summary(session_start)  # SummaryWriter.add_hparams writes it so too
+        self._session_written = True
+
+
+def flat_hparams(params: Mapping[str, Any] | Namespace, prefix: str = "") -> dict[str, bool | int | float | str]:
+    """Nested hyperparameters as TensorBoard's HPARAMS tab takes them: ``a/b`` keys, and any value that is not a
+    number, a bool or a string as its text. Lightning's own bookkeeping entries (the CLI's ``_class_path`` and
+    ``_instantiator``) start with ``_`` and say nothing about the run: they are left out.
+
+    >>> flat_hparams({"lr": 0.1, "optimizer": {"class_path": "torch.optim.SGD"}, "columns": None})
+    {'lr': 0.1, 'optimizer/class_path': 'torch.optim.SGD', 'columns': 'None'}
+    """
+    flat: dict[str, bool | int | float | str] = {}
+    for key, value in (vars(params) if isinstance(params, Namespace) else params).items():
+        if str(key).startswith("_"):
+            continue
+        if isinstance(value, Mapping | Namespace):
+            flat.update(flat_hparams(value, f"{prefix}{key}/"))
+        else:
+            flat[f"{prefix}{key}"] = value if type(value) in (bool, int, float, str) else str(value)
+    return flat
