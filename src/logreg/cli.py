@@ -27,12 +27,13 @@ import lightning as L
 import torch
 from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from typing_extensions import override
 
 from logreg.data import TabularDataModule
 from logreg.machinery import interrupt
-from logreg.machinery.callbacks import BestCheckpoint, LastCheckpoint
+from logreg.machinery.callbacks import LastCheckpoint
 from logreg.machinery.checkpoint import (
     SavedRun,
     choose_last_checkpoint,
@@ -62,7 +63,7 @@ class LogRegCLI(LightningCLI):
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_features", "model.init_args.num_features", apply_on="instantiate")
-        parser.add_lightning_class_args(BestCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         # last.ckpt, to resume from, also saved when a signal stops training: --last_checkpoint.every_seconds sets
         # how much training a crash may lose.
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
@@ -112,8 +113,9 @@ class LogRegCLI(LightningCLI):
         if config.trainer.enable_progress_bar is not False and not any(
             "ProgressBar" in c.class_path for c in callbacks
         ):
-            # Lightning's default bar redraws at every step, which costs more than a small update (see ProgressBar).
-            config.trainer.callbacks = [*callbacks, Namespace(class_path="logreg.machinery.callbacks.ProgressBar")]
+            # Lightning's default bar redraws at every step, which costs more than a small update.
+            bar = Namespace(class_path="lightning.pytorch.callbacks.TQDMProgressBar", init_args={"refresh_rate": 50})
+            config.trainer.callbacks = [*callbacks, bar]
         root = config.trainer.default_root_dir or DEFAULT_LOG_DIR
         self._check_trainer_flags(config)
         if self.saved is not None:
