@@ -21,11 +21,10 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from typing_extensions import override
 
 from logreg.data import TabularDataModule
-from logreg.machinery.callbacks import ProgressBar
 from logreg.machinery.errors import DataError
 from logreg.machinery.loggers import TensorBoardLogger
 from logreg.models import LogisticRegression
@@ -179,8 +178,8 @@ def train_mode(
     trainer = L.Trainer(
         max_epochs=epochs,
         logger=logger,
-        # The project's bar: Lightning's default redraws at every update, which the seconds panel would count.
-        callbacks=[trace, ProgressBar()] if progress_bar else [trace],
+        # The CLI's bar: Lightning's default redraws at every update, which the seconds panel would count.
+        callbacks=[trace, TQDMProgressBar(refresh_rate=50)] if progress_bar else [trace],
         log_every_n_steps=1,
         enable_checkpointing=False,
         enable_progress_bar=progress_bar,
