@@ -1,40 +1,33 @@
-"""TensorBoard with an HPARAMS tab that compares every run, without a placeholder metric, flushed every
-``flush_secs`` rather than after every write.
+"""TensorBoard with an HPARAMS tab that compares every run, without a placeholder metric.
 
 Lightning's ``TensorBoardLogger`` fills the HPARAMS tab only together with metric values: a placeholder
 ``hp_metric`` of -1, or values written at step 0 that would start every curve at a made-up point. This
 logger writes only the run's hyperparameters there; TensorBoard then offers every scalar tag of the runs
 (``val/loss``, ``val/acc``, ...) as a metric column, showing its last value.
-
-Lightning calls the logger's ``save()`` after every write of metrics, and Lightning's TensorBoard logger
-flushes there, which waits until the writer's thread has written every queued event: about 0.5 ms, as long
-as a small weight update, at every logged step or full-batch epoch. The thread writes each event to the file
-as it comes, and flushes by itself every ``flush_secs``; this logger's ``save()`` waits for it at most that
-often, and the end of fit (finished, failed or stopped by a signal) writes the rest.
 """
 
 from __future__ import annotations
 
-import time
 from argparse import Namespace
 from collections.abc import Mapping
 from typing import Any
 
-from lightning.pytorch.loggers import TensorBoardLogger as _TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 from typing_extensions import override
 
 
-class TensorBoardLogger(_TensorBoardLogger):
-    """Lightning's TensorBoard logger, whose ``log_hyperparams`` also fills the HPARAMS tab, and whose ``save``
-    waits for the event writer at most every ``flush_secs``.
+class TensorBoardLogger(LightningTensorBoardLogger):
+    """Lightning's TensorBoard logger, whose ``log_hyperparams`` also fills the HPARAMS tab.
+
+    What Lightning's own does not give: with ``default_hp_metric=False`` its HPARAMS tab stays empty, and
+    otherwise it lists every run against a made-up ``hp_metric`` of -1. Here every hyperparameter of the model
+    and the data is a column, and every logged scalar (``val/loss``, ``val/acc``, ...) a metric to sort by.
 
     Args:
         save_dir: Directory of the runs.
         name: Subdirectory of this kind of run (the CLI uses the batch mode).
-        flush_secs: Seconds between two flushes of the event file (TensorBoard reads it every 30 s); a process
-            killed without warning loses at most that much of its curves.
         **kwargs: Any other argument of Lightning's ``TensorBoardLogger`` (``version``, ``sub_dir``, ...).
 
     Example:
@@ -42,19 +35,9 @@ class TensorBoardLogger(_TensorBoardLogger):
         'full'
     """
 
-    def __init__(self, save_dir: str, name: str = "lightning_logs", flush_secs: float = 10.0, **kwargs: Any) -> None:
-        super().__init__(save_dir, name=name, default_hp_metric=False, flush_secs=flush_secs, **kwargs)
-        self.flush_secs = flush_secs
-        self._flush_due = float("-inf")  # the first save() also writes hparams.yaml, as Lightning's does
+    def __init__(self, save_dir: str, name: str = "lightning_logs", **kwargs: Any) -> None:
+        super().__init__(save_dir, name=name, default_hp_metric=False, **kwargs)
         self._session_written = False  # the HPARAMS tab's session start, written at the first log_hyperparams
-
-    @override
-    @rank_zero_only
-    def save(self) -> None:
-        now = time.monotonic()
-        if now >= self._flush_due:
-            self._flush_due = now + self.flush_secs
-            super().save()
 
     @override
     @rank_zero_only
