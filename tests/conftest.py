@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -17,6 +18,16 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def session_hparams(run_dir) -> dict:
+    """The hyperparameters a run wrote for TensorBoard's HPARAMS tab, read back from its event file."""
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    content = events.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
+    assert hparams_metadata.EXPERIMENT_TAG not in content  # TensorBoard then builds it from every run
+    start = hparams_metadata.parse_session_start_info_plugin_data(content[hparams_metadata.SESSION_START_INFO_TAG])
+    return {name: getattr(value, value.WhichOneof("kind")) for name, value in start.hparams.items()}
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 
 from logreg import LogisticRegression, TabularDataModule
 from logreg.cli import build_cli, main
-from logreg.machinery.callbacks import ProgressBar
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 TINY = ["--data.dataset", "synthetic", "--data.synthetic_rows", "200", "--data.synthetic_features", "3"]
@@ -52,12 +51,12 @@ def test_fit_writes_tensorboard_metrics_checkpoints_and_the_resolved_config(tmp_
     assert yaml.safe_load((run / "hparams.yaml").read_text())["num_features"] == 3  # ... yet the model got it
 
 
-def test_the_progress_bar_is_the_projects_and_updates_every_50_steps(tmp_path):
+def test_the_progress_bar_is_lightnings_and_updates_every_50_steps(tmp_path):
     cli = build_cli(
         ["--trainer.enable_model_summary", "false", *TINY, "--trainer.default_root_dir", str(tmp_path)], run=False
     )
     (bar,) = [c for c in cli.trainer.callbacks if isinstance(c, TQDMProgressBar)]
-    assert isinstance(bar, ProgressBar) and bar.refresh_rate == 50
+    assert type(bar) is TQDMProgressBar and bar.refresh_rate == 50
 
 
 def test_each_mode_logs_to_its_own_run_directory(tmp_path):

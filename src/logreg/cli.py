@@ -22,11 +22,12 @@ from typing import Any
 import lightning as L
 from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from typing_extensions import override
 
 from logreg.machinery import interrupt
-from logreg.machinery.callbacks import BestCheckpoint, LastCheckpoint
+from logreg.machinery.callbacks import LastCheckpoint
 from logreg.machinery.checkpoint import (
     SavedRun,
     choose_last_checkpoint,
@@ -55,7 +56,7 @@ class LogRegCLI(LightningCLI):
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data", "model.init_args.num_features", self._num_features, apply_on="instantiate")
-        parser.add_lightning_class_args(BestCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         # last.ckpt, to resume from, also saved when a signal stops training: --last_checkpoint.every_seconds sets
         # how much training a crash may lose.
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
@@ -113,8 +114,9 @@ class LogRegCLI(LightningCLI):
         if config.trainer.enable_progress_bar is not False and not any(
             "ProgressBar" in c.class_path for c in callbacks
         ):
-            # Lightning's default bar redraws at every step, which costs more than a small update (see ProgressBar).
-            config.trainer.callbacks = [*callbacks, Namespace(class_path="logreg.machinery.callbacks.ProgressBar")]
+            # Lightning's default bar redraws at every step, which costs more than a small update.
+            bar = Namespace(class_path="lightning.pytorch.callbacks.TQDMProgressBar", init_args={"refresh_rate": 50})
+            config.trainer.callbacks = [*callbacks, bar]
         if self.saved is not None and self.subcommand == "fit":
             check_epochs_left(config.trainer, self.saved)
         elif self.saved is None and self.subcommand in ("predict", "validate", "test"):

@@ -147,6 +147,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     leaves it untouched. A full disk or a read-only directory raises :class:`WriteError` naming the file.
     Remote paths (``s3://...``) go to Lightning's fsspec writer unchanged.
 
+    What Lightning's own does not give: its local writer fills a temporary file in the system's temporary
+    directory and moves it, a copy when that is another filesystem, with no fsync, so a crash or a full disk
+    can leave a truncated file under the checkpoint's name; and a failed write ends in a traceback.
+
     Example:
         >>> import tempfile
         >>> path = Path(tempfile.mkdtemp()) / "checkpoints" / "last.ckpt"

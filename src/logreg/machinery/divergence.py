@@ -26,6 +26,11 @@ __all__ = ["NonFiniteLossError", "StopOnNonFiniteLoss", "describe_optimizer"]
 class StopOnNonFiniteLoss(Callback):
     """Raise :class:`NonFiniteLossError` at the first NaN or infinite training loss, before it is logged.
 
+    What Lightning's own pieces do not give: ``EarlyStopping(check_finite=True)`` looks at a logged metric only
+    when it checks (after validation, or at an epoch's end), when the NaN is already in the logs and the
+    checkpoints, and ends the run as if it had finished; ``Trainer(detect_anomaly=True)`` slows every backward
+    pass. This one fails the run (exit code 1 from the CLI) naming the first bad step and the optimizer's settings.
+
     Args:
         max_pending: Most losses kept between two checks, which bounds memory when ``log_every_n_steps``
             is large.
@@ -38,6 +43,7 @@ class StopOnNonFiniteLoss(Callback):
     def __init__(self, max_pending: int = 1024) -> None:
         self.max_pending = max_pending
         self._pending: list[torch.Tensor] = []  # losses of consecutive steps not yet checked, the last one newest
+        self._batch_idx = 0  # the epoch's batch of the newest pending loss
 
     @override
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -51,6 +57,7 @@ class StopOnNonFiniteLoss(Callback):
         if loss is None:  # a skipped step
             return
         self._pending.append(loss if loss.ndim == 0 else loss.reshape(()))  # stacked later: one shape for all
+        self._batch_idx = batch_idx
         logged = trainer.global_step % trainer.log_every_n_steps == 0  # global_step counts this step already
         if logged or batch_idx + 1 == trainer.num_training_batches or len(self._pending) >= self.max_pending:
             self._check(trainer, pl_module)
@@ -68,7 +75,7 @@ class StopOnNonFiniteLoss(Callback):
             return
         first = int((~finite).nonzero()[0])
         step = trainer.global_step - len(losses) + first
-        batch = trainer.fit_loop.epoch_loop.batch_idx - len(losses) + 1 + first
+        batch = self._batch_idx - len(losses) + 1 + first
         raise NonFiniteLossError(
             f"training stopped: the loss became {losses[first].item()} at epoch {trainer.current_epoch}, "
             f"step {step} (batch {batch} of the epoch), under {describe_optimizer(trainer)}; the updates grew "
