@@ -296,3 +296,25 @@ def test_predict_keeps_the_checkpoints_column_names_out_of_the_parsed_configurat
     assert cli.config.predict.data.init_args.feature_columns is None
     assert cli.datamodule.feature_names == ["x0", "x1", "x2"] and cli.model.hparams.num_features == 3
     assert len(out.read_text().splitlines()) == 201  # and the predictions are written, one per row
+
+
+def test_a_runs_config_yaml_reruns_into_a_new_run_to_the_same_weights(tmp_path):
+    # with the progress bar on, as a user runs it: the bar is the template's, not a choice config.yaml records
+    main(["fit", *TINY, "--trainer.max_epochs", "2", "--trainer.default_root_dir", str(tmp_path)])
+    first = tmp_path / "minibatch" / "version_0"
+    config = yaml.safe_load((first / "config.yaml").read_text())
+    assert (config["trainer"]["logger"], config["trainer"]["callbacks"]) == (None, None)
+    main(["fit", "--config", str(first / "config.yaml"), "--trainer.enable_progress_bar", "false"])
+    rerun = tmp_path / "minibatch" / "version_1"
+    weights = [torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for run in (first, rerun)]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+    assert yaml.safe_load((rerun / "config.yaml").read_text())["trainer"]["enable_progress_bar"] is False
+
+
+def test_a_run_without_a_logger_records_the_root_it_was_given_and_reruns_beside_it(tmp_path):
+    fit(tmp_path, "--trainer.max_epochs", "1", "--trainer.logger", "false")
+    first = tmp_path / "minibatch" / "version_0"
+    assert yaml.safe_load((first / "config.yaml").read_text())["trainer"]["default_root_dir"] == str(tmp_path)
+    main(["fit", "--config", str(first / "config.yaml")])
+    assert (tmp_path / "minibatch" / "version_1" / "checkpoints" / "last.ckpt").is_file()

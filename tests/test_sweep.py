@@ -419,3 +419,15 @@ def test_the_median_pruner_stops_trials_worse_than_the_finished_ones_unless_it_i
         assert t.state == (TrialState.PRUNED if pruned else TrialState.COMPLETE), t.number
         assert len(t.intermediate_values) == (1 if pruned else 3)
         assert [v for _, v in scalars(Path(t.user_attrs["run_dir"]))["sweep/pruned"]] == [float(pruned)]
+
+
+def test_best_yaml_of_trials_with_a_progress_bar_reruns_without_one(tmp_path):
+    write_inputs(tmp_path, "params:\n  model.lr: {choices: [0.5]}\n")
+    out = tmp_path / "out"
+    # the trials show the bar (the config does not turn it off); best.yaml records the trial's choices only
+    args = ["sweep", "--config", MINIBATCH, "--space", str(tmp_path / "space.yaml"), "--trials", "1"]
+    main([*args, "--out", str(out), "--", "--trainer.max_epochs", "1"])
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert best["trainer"]["callbacks"] is None and best["trainer"]["logger"] is None
+    main(["fit", "--config", str(out / "best.yaml"), "--trainer.enable_progress_bar", "false"])
+    assert last_val_loss(out / "best" / "minibatch" / "version_0") == pytest.approx(load(out).best_value, rel=1e-7)

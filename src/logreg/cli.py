@@ -22,11 +22,12 @@ from typing import Any
 import lightning as L
 from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import ProgressBar as ProgressBarBase
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from typing_extensions import override
 
 from logreg.machinery import interrupt
-from logreg.machinery.callbacks import BestCheckpoint, LastCheckpoint
+from logreg.machinery.callbacks import BestCheckpoint, LastCheckpoint, ProgressBar
 from logreg.machinery.checkpoint import (
     SavedRun,
     choose_last_checkpoint,
@@ -36,6 +37,7 @@ from logreg.machinery.checkpoint import (
 )
 from logreg.machinery.divergence import StopOnNonFiniteLoss
 from logreg.machinery.errors import DataError, raised_in, reporting
+from logreg.machinery.loggers import TensorBoardLogger
 from logreg.machinery.predict import PredictionWriter
 from logreg.machinery.preflight import check_epochs_left, logger_root, usage_problem
 from logreg.machinery.quiet import silence_harmless_messages
@@ -51,6 +53,9 @@ class LogRegCLI(LightningCLI):
     """LightningCLI with the template's defaults: a TensorBoard run per batch mode, best and last checkpoints."""
 
     saved: SavedRun | None = None  # what --ckpt_path holds, read before the classes are built
+    _trainer_kwargs: dict[
+        str, Any
+    ]  # set before the classes are built: the template's logger or run directory, for the Trainer only
 
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -109,12 +114,6 @@ class LogRegCLI(LightningCLI):
     @override
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        callbacks = config.trainer.callbacks or []
-        if config.trainer.enable_progress_bar is not False and not any(
-            "ProgressBar" in c.class_path for c in callbacks
-        ):
-            # Lightning's default bar redraws at every step, which costs more than a small update (see ProgressBar).
-            config.trainer.callbacks = [*callbacks, Namespace(class_path="logreg.machinery.callbacks.ProgressBar")]
         if self.saved is not None and self.subcommand == "fit":
             check_epochs_left(config.trainer, self.saved)
         elif self.saved is None and self.subcommand in ("predict", "validate", "test"):
@@ -122,6 +121,11 @@ class LogRegCLI(LightningCLI):
             raise DataError(
                 f"{self.subcommand} needs a trained model: pass --ckpt_path CHECKPOINT (or --ckpt_path last)."
             )
+        # The template's bar, logger and run directory go to the Trainer as it is built (instantiate_trainer), not
+        # into the configuration: config.yaml records what the user chose, so rerunning it starts a new run (a
+        # logger pinned to version N would find N's config.yaml and refuse), and a bar written into it would
+        # contradict --trainer.enable_progress_bar false.
+        self._trainer_kwargs = {}
         logger = config.trainer.logger
         if logger not in (None, True, False):
             return  # a configured logger picks its own directory
@@ -135,17 +139,21 @@ class LogRegCLI(LightningCLI):
             run_dir = claim_run_dir(Path(root) / name)
             version = int(run_dir.name.removeprefix("version_"))
             if logger is False:
-                config.trainer.default_root_dir = str(run_dir)
+                self._trainer_kwargs["default_root_dir"] = str(run_dir)
         if logger is not False:
-            config.trainer.logger = Namespace(
-                class_path="logreg.machinery.loggers.TensorBoardLogger",
-                init_args=Namespace(save_dir=root, name=name, version=version),
-            )
+            self._trainer_kwargs["logger"] = TensorBoardLogger(save_dir=root, name=name, version=version)
 
     @override
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        callbacks = list(config.trainer.callbacks or [])
+        if config.trainer.enable_progress_bar is not False and not any(
+            isinstance(c, ProgressBarBase) for c in callbacks
+        ):
+            # Lightning's default bar redraws at every step, which costs more than a small update (see ProgressBar).
+            callbacks.append(ProgressBar())
         try:
-            return super().instantiate_trainer(**kwargs)
+            return super().instantiate_trainer(**{"callbacks": callbacks, **self._trainer_kwargs, **kwargs})
         except (ValueError, MisconfigurationException) as err:  # Lightning's verdict on the Trainer's flags
             self.parser.error(f"--trainer: {err}")
 
