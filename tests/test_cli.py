@@ -241,8 +241,8 @@ def test_ckpt_path_last_resumes_the_run_with_the_most_progress_and_says_which(tm
     fit(tmp_path, *args, "--trainer.max_epochs", "8", "--ckpt_path", "last")
     chosen = tmp_path / "full" / "version_0" / "checkpoints" / "last.ckpt"
     assert (
-        f"--ckpt_path last: resuming from {chosen} (epoch 6, step 6), the most training progress among 2 runs."
-        in capsys.readouterr().err.splitlines()
+        f"--ckpt_path last: resuming from {chosen} (epoch 6, step 6), the most training progress among 2 runs of "
+        "LogisticRegression on the same data." in capsys.readouterr().err.splitlines()
     )
     resumed = torch.load(tmp_path / "full" / "version_2" / "checkpoints" / "last.ckpt", weights_only=True)
     assert (resumed["epoch"], resumed["global_step"]) == (8, 8)  # 6 epochs from version_0, then 2 more
@@ -318,3 +318,55 @@ def test_a_run_without_a_logger_records_the_root_it_was_given_and_reruns_beside_
     assert yaml.safe_load((first / "config.yaml").read_text())["trainer"]["default_root_dir"] == str(tmp_path)
     main(["fit", "--config", str(first / "config.yaml")])
     assert (tmp_path / "minibatch" / "version_1" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_ckpt_path_last_takes_the_configured_model_class_and_its_furthest_run(tmp_path, capsys):
+    fit(tmp_path, "--trainer.max_epochs", "3")  # version_0: a logistic regression, the furthest run
+    mlp = ("--model", "logreg.models.MLP", "--model.hidden", "3")
+    fit(tmp_path, *mlp, "--trainer.max_epochs", "2")  # version_1: the README's MLP recipe
+    capsys.readouterr()
+    fit(tmp_path, "--model", "logreg.models.MLP", "--trainer.max_epochs", "4", "--ckpt_path", "last")
+    assert "--ckpt_path last: resuming from " + str(tmp_path / "minibatch/version_1/checkpoints/last.ckpt") in (
+        capsys.readouterr().err
+    )
+    resumed = torch.load(tmp_path / "minibatch" / "version_2" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["hyper_parameters"]["_class_path"] == "logreg.models.MLP"  # the hidden size from the checkpoint
+    assert (resumed["epoch"], resumed["hyper_parameters"]["hidden"]) == (4, 3)
+    fit(tmp_path, "--trainer.max_epochs", "5", "--ckpt_path", "last")  # no class given: the default one's run
+    resumed = torch.load(tmp_path / "minibatch" / "version_3" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["hyper_parameters"]["_class_path"] == "logreg.LogisticRegression" and resumed["epoch"] == 5
+
+
+def test_ckpt_path_last_takes_a_run_of_the_data_given_and_names_the_others(tmp_path, capsys):
+    wide = ["--data.dataset", "synthetic", "--data.synthetic_rows", "200", "--data.synthetic_features", "16"]
+    run = ["fit", *QUIET, "--trainer.default_root_dir", str(tmp_path)]
+    main([*run, "--trainer.max_epochs", "3"])  # banknote, 4 features: the furthest run
+    main([*run, *wide, "--trainer.max_epochs", "1"])
+    capsys.readouterr()
+    main(["test", *QUIET, *wide, "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", "last"])
+    assert "--ckpt_path last: using " + str(tmp_path / "minibatch/version_1/checkpoints/last.ckpt") in (
+        capsys.readouterr().err
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main([*run, *wide[:-1], "8", "--trainer.max_epochs", "4", "--ckpt_path", "last"])
+    assert exit_info.value.code == (
+        f"error: --ckpt_path last: no run under {tmp_path / 'minibatch'} of LogisticRegression on the same data "
+        "(version_0: data.dataset 'banknote' (here 'synthetic'); version_1: data.synthetic_features 16 (here 8)); "
+        "choose the model with --model and the data with the same --data arguments, or pass the checkpoint's path "
+        "as --ckpt_path."
+    )
+
+
+def test_ckpt_path_last_resumes_the_runs_of_a_csv_logger_beside_tensorboard(tmp_path):
+    # the README's YAML: checkpoints go to the first logger's run directory, where --ckpt_path last looks
+    loggers = tmp_path / "loggers.yaml"
+    loggers.write_text(
+        "trainer:\n  logger:\n"
+        f"    - {{class_path: logreg.machinery.loggers.TensorBoardLogger, init_args: {{save_dir: {tmp_path}, name: minibatch}}}}\n"
+        f"    - {{class_path: lightning.pytorch.loggers.CSVLogger, init_args: {{save_dir: {tmp_path}, name: minibatch_csv}}}}\n"
+    )
+    fit(tmp_path, "--config", str(loggers), "--trainer.max_epochs", "2")
+    fit(tmp_path, "--config", str(loggers), "--trainer.max_epochs", "3", "--ckpt_path", "last")
+    resumed = torch.load(tmp_path / "minibatch" / "version_1" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["epoch"] == 3
+    assert len((tmp_path / "minibatch_csv" / "version_1" / "metrics.csv").read_text().splitlines()) > 1

@@ -29,6 +29,7 @@ from typing_extensions import override
 from logreg.machinery import interrupt
 from logreg.machinery.callbacks import BestCheckpoint, LastCheckpoint, ProgressBar
 from logreg.machinery.checkpoint import (
+    RunKind,
     SavedRun,
     choose_last_checkpoint,
     claim_run_dir,
@@ -106,7 +107,10 @@ class LogRegCLI(LightningCLI):
             root = config.trainer.default_root_dir or DEFAULT_LOG_DIR
             logger = config.trainer.logger
             runs = Path(root) / _run_name(config.data) if logger in (None, True, False) else logger_root(logger)
-            last = choose_last_checkpoint(runs)
+            # The furthest run of the configured model class (the default one too: which class is resumed must not
+            # depend on which run went furthest) trained on this data; predict's rows are new ones.
+            data_args = None if subcommand == "predict" else config.data.init_args.as_dict()
+            last = choose_last_checkpoint(runs, RunKind(config.model.class_path, config.data.class_path, data_args))
             print(last.describe("resuming from" if subcommand == "fit" else "using"), file=sys.stderr)
             config.ckpt_path = str(last.path)
         self.saved = read_checkpoint(config.ckpt_path, data_key=config.data.class_path.rsplit(".", 1)[-1])

@@ -8,6 +8,7 @@ instead of an unpickling traceback, and the model's ``num_features`` comes from 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,57 @@ def _check_finite(path: Path, tensors: Any, what: str) -> None:
 
 
 @dataclass(frozen=True)
+class RunKind:
+    """What ``--ckpt_path last`` looks for: runs of this model class trained on this data.
+
+    Attributes:
+        model: The model's class path (LightningCLI records the checkpoint's as ``hyper_parameters._class_path``).
+        data: The data module's class path (recorded as ``datamodule_hyper_parameters._class_path``).
+        data_args: The data module's arguments a run must have been trained with (recorded beside its class);
+            None: any data (``predict``, whose rows are new ones).
+
+    Example:
+        >>> wanted = RunKind("logreg.models.MLP", "logreg.data.TabularDataModule", {"dataset": "banknote"})
+        >>> wanted.mismatch({"_class_path": "logreg.models.LogisticRegression"}, {})
+        'model LogisticRegression'
+        >>> wanted.mismatch({"_class_path": "logreg.models.MLP"}, {"dataset": "spam.csv"})
+        "data.dataset 'spam.csv' (here 'banknote')"
+    """
+
+    model: str
+    data: str
+    data_args: dict[str, Any] | None = None
+
+    def mismatch(self, hparams: Any, data_hparams: Any) -> str | None:
+        """Why a checkpoint with these recorded hyperparameters is not such a run; None when it is one."""
+        hparams = hparams if isinstance(hparams, dict) else {}
+        data_hparams = data_hparams if isinstance(data_hparams, dict) else {}
+        model = hparams.get("_class_path")  # none: trained outside LightningCLI, LightningCLI builds ours from it
+        if isinstance(model, str) and not _same_class(model, self.model):
+            return f"model {model.rsplit('.', 1)[-1]}"
+        if self.data_args is None:
+            return None
+        data = data_hparams.get("_class_path")
+        if isinstance(data, str) and not _same_class(data, self.data):
+            return f"data module {data.rsplit('.', 1)[-1]}"
+        for key, value in self.data_args.items():
+            if key in data_hparams and data_hparams[key] != value:
+                return f"data.{key} {data_hparams[key]!r} (here {value!r})"
+        return None
+
+
+def _same_class(a: str, b: str) -> bool:
+    """Whether two class paths name one class (``logreg.MLP`` and ``logreg.models.MLP`` do)."""
+    if a == b:
+        return True
+    try:
+        classes = [getattr(importlib.import_module(path.rsplit(".", 1)[0]), path.rsplit(".", 1)[1]) for path in (a, b)]
+    except (ImportError, AttributeError, ValueError, IndexError):
+        return False
+    return classes[0] is classes[1]
+
+
+@dataclass(frozen=True)
 class LastRun:
     """The ``last.ckpt`` that ``--ckpt_path last`` resumes from, and why that one.
 
@@ -118,8 +170,10 @@ class LastRun:
         path: The chosen ``last.ckpt``.
         epoch: Its epoch (Lightning's ``current_epoch`` when it was saved).
         global_step: Its weight updates so far.
-        candidates: How many runs' ``last.ckpt`` files were compared.
+        candidates: How many runs' ``last.ckpt`` files of the wanted kind were compared.
         unreadable: Paths of candidates that could not be read (truncated by a crash, say), left out.
+        others: How many runs of another model or data were left out.
+        kind: What was looked for, in words (``of LogisticRegression on the same data``).
     """
 
     path: Path
@@ -127,6 +181,8 @@ class LastRun:
     global_step: int
     candidates: int
     unreadable: tuple[Path, ...] = ()
+    others: int = 0
+    kind: str = ""
 
     def describe(self, use: str = "resuming from") -> str:
         """One line saying which file is used (resumed from, evaluated, ...), for the console."""
@@ -135,35 +191,63 @@ class LastRun:
             if self.unreadable
             else ""
         )
+        others = f" ({self.others} of another model or data left out)" if self.others else ""
+        kind = f" {self.kind}" if self.kind else ""
         return (
             f"--ckpt_path last: {use} {self.path} (epoch {self.epoch}, step {self.global_step}), the most "
-            f"training progress among {self.candidates} run{'s' if self.candidates != 1 else ''}{skipped}."
+            f"training progress among {self.candidates} run{'s' if self.candidates != 1 else ''}{kind}{others}"
+            f"{skipped}."
         )
 
 
-def find_last_checkpoint(runs: Path) -> Path:
+def find_last_checkpoint(runs: Path, wanted: RunKind | None = None) -> Path:
     """The path of :func:`choose_last_checkpoint`'s choice."""
-    return choose_last_checkpoint(runs).path
+    return choose_last_checkpoint(runs, wanted).path
 
 
-def choose_last_checkpoint(runs: Path) -> LastRun:
-    """The ``runs/version_N/checkpoints/last.ckpt`` with the most training progress.
+def choose_last_checkpoint(runs: Path, wanted: RunKind | None = None) -> LastRun:
+    """The ``runs/version_N/checkpoints/last.ckpt`` of a ``wanted`` run (any run: None) with the most training
+    progress.
 
     Progress is the global step, then the epoch; of equal ones the newest file wins (then the highest
     version). The newest run is not always the furthest one: a short finished run started after a long
-    killed one would otherwise be resumed, silently dropping the longer run's work.
+    killed one would otherwise be resumed, silently dropping the longer run's work. Nor is the furthest run of
+    another model or data the one meant: runs of an MLP and of a logistic regression share a batch mode's
+    directory, and so do runs on different datasets.
     """
     found = []
     unreadable = []
+    others: list[tuple[Path, str]] = []
     for path in runs.glob("version_*/checkpoints/last.ckpt"):
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             progress = (int(checkpoint["global_step"]), int(checkpoint["epoch"]))
+            why_not = None
+            if wanted is not None:
+                hparams = checkpoint.get("hyper_parameters"), checkpoint.get("datamodule_hyper_parameters")
+                why_not = wanted.mismatch(*hparams)
         except Exception:  # truncated or foreign: resuming from it would fail; the others may do
             unreadable.append(path)
             continue
+        if why_not is not None:
+            others.append((path.parent.parent, why_not))
+            continue
         found.append((*progress, path.stat().st_mtime_ns, _version(path.parent.parent.name), path))
+    kind = (
+        ""
+        if wanted is None
+        else f"of {wanted.model.rsplit('.', 1)[-1]}" + (" on the same data" if wanted.data_args is not None else "")
+    )
     if not found:
+        if others:
+            listed = "; ".join(
+                f"{run.name}: {why}" for run, why in sorted(others, key=lambda o: _version(o[0].name))[:3]
+            )
+            more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+            raise DataError(
+                f"--ckpt_path last: no run under {runs} {kind} ({listed}{more}); choose the model with --model and "
+                "the data with the same --data arguments, or pass the checkpoint's path as --ckpt_path."
+            )
         if unreadable:
             raise DataError(
                 f"--ckpt_path last: no readable last.ckpt under {runs}/version_*/checkpoints; "
@@ -171,7 +255,7 @@ def choose_last_checkpoint(runs: Path) -> LastRun:
             )
         raise DataError(f"--ckpt_path last: no last.ckpt under {runs}/version_*/checkpoints.")
     step, epoch, *_, path = max(found)
-    return LastRun(path, epoch, step, len(found) + len(unreadable), tuple(sorted(unreadable)))
+    return LastRun(path, epoch, step, len(found) + len(unreadable), tuple(sorted(unreadable)), len(others), kind)
 
 
 def claim_version(runs: Path) -> int:
