@@ -370,3 +370,23 @@ def test_ckpt_path_last_resumes_the_runs_of_a_csv_logger_beside_tensorboard(tmp_
     resumed = torch.load(tmp_path / "minibatch" / "version_1" / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["epoch"] == 3
     assert len((tmp_path / "minibatch_csv" / "version_1" / "metrics.csv").read_text().splitlines()) > 1
+
+
+def test_resuming_after_max_steps_cut_an_epoch_ends_bit_identical_to_training_straight_through(tmp_path):
+    # 120 training rows / 16 = 8 updates per epoch: step 13 stops in epoch 1, step 29 in epoch 3
+    args = ("--data.batch_size", "16", "--model.optimizer.momentum", "0.9", "--trainer.log_every_n_steps", "1")
+    fit(tmp_path / "straight", *args, "--trainer.max_steps", "29")
+    fit(tmp_path / "split", *args, "--trainer.max_steps", "13")
+    stopped = torch.load(tmp_path / "split/minibatch/version_0/checkpoints/last.ckpt", weights_only=True)
+    assert stopped["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": 5}]
+    fit(tmp_path / "split", *args, "--trainer.max_steps", "29", "--ckpt_path", "last")
+    (straight, straight_logged), (resumed, resumed_logged) = (
+        final_state(tmp_path / "straight" / "minibatch" / "version_0"),
+        final_state(tmp_path / "split" / "minibatch" / "version_1"),
+    )
+    assert resumed["global_step"] == straight["global_step"] == 29
+    for name, value in straight["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][name], value), name
+    assert identical(resumed["optimizer_states"][0]["state"], straight["optimizer_states"][0]["state"])
+    for tag in ("train/loss", "train/loss_epoch", "val/loss"):
+        assert resumed_logged[tag][-1] == straight_logged[tag][-1], tag

@@ -54,7 +54,9 @@ class BestCheckpoint(ModelCheckpoint):
 
 class LastCheckpoint(Checkpoint):
     """``last.ckpt``, the state ``--ckpt_path last`` resumes from: written every ``every_seconds`` of training,
-    at the end of fit, and at the batch where a signal stops the run.
+    at the end of fit (at the batch that reaches ``max_steps``, when that cuts an epoch short, so that a run
+    resumed with a larger ``max_steps`` goes on with the epoch's next batch), and at the batch where a signal
+    stops the run.
 
     On SIGINT (Ctrl+C) or SIGTERM during training it saves at the end of the current batch, prints one line
     naming the file and how to resume, and raises :class:`~logreg.machinery.interrupt.Interrupted` (exit code 130 or
@@ -81,6 +83,7 @@ class LastCheckpoint(Checkpoint):
         self.every_seconds = every_seconds
         self.dirpath: str | None = None  # default <log_dir>/checkpoints, beside the best checkpoint
         self._due = math.inf  # the clock's time of the next timed save
+        self._final_step: int | None = None  # the step saved where max_steps ended training mid-epoch
 
     @property
     def path(self) -> str:
@@ -96,13 +99,17 @@ class LastCheckpoint(Checkpoint):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         interrupt.stop_at_batch_end(True)
         self._due = time.monotonic() + self.every_seconds
+        self._final_step = None
 
     @override
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         signum = interrupt.received()
-        save = signum is not None or (time.monotonic() >= self._due and _update_ended(trainer))
+        # max_steps reached mid-epoch: saved here, at this batch, and not again when fit ends, because by then
+        # Lightning has counted the cut epoch as done, and a run resumed from there would skip its other batches.
+        final = _max_steps_reached_mid_epoch(trainer)
+        save = signum is not None or final or (time.monotonic() >= self._due and _update_ended(trainer))
         if trainer.world_size > 1:  # every rank saves, and stops, at the same batch: saving is collective
             save = trainer.strategy.reduce_boolean_decision(save, all=False)
             stop = save and trainer.strategy.reduce_boolean_decision(signum is not None, all=False)
@@ -111,6 +118,7 @@ class LastCheckpoint(Checkpoint):
             return
         trainer.save_checkpoint(self.path, weights_only=False)  # with the optimizer's state, to resume from
         self._due = time.monotonic() + self.every_seconds
+        self._final_step = trainer.global_step if final else None
         if signum is None:
             return
         if trainer.is_global_zero:
@@ -124,7 +132,7 @@ class LastCheckpoint(Checkpoint):
 
     @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.fast_dev_run:
+        if not trainer.fast_dev_run and self._final_step != trainer.global_step:
             trainer.save_checkpoint(self.path, weights_only=False)
 
     @override
@@ -134,6 +142,12 @@ class LastCheckpoint(Checkpoint):
     @override
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         interrupt.stop_at_batch_end(False)  # a failed run may skip teardown; a later signal must not wait
+
+
+def _max_steps_reached_mid_epoch(trainer: L.Trainer) -> bool:
+    """Whether this batch's update was the last one ``max_steps`` allows, and the epoch has batches left."""
+    progress = trainer.fit_loop.epoch_loop.batch_progress
+    return 0 <= trainer.max_steps <= trainer.global_step and _update_ended(trainer) and not progress.is_last_batch
 
 
 def _update_ended(trainer: L.Trainer) -> bool:
