@@ -556,3 +556,51 @@ def test_a_read_only_log_directory_is_named_in_one_line_and_earlier_runs_kept(
     code, line = run(fit_args(tmp_path, "--data.batch_mode", "full"), capsys)
     assert (code, line) == (1, f"error: {earlier_run / 'full' / 'version_1'}: Permission denied.")
     assert fingerprint(earlier_run) == before
+
+
+# --- configuration files ------------------------------------------------------------------------------------
+
+LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+)  # 9^9 = 387,420,489 lols in 600 bytes
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            LAUGHS,
+            "refused: its aliases (*name) expand 28 written nodes to 490,329,064, more than 100,000 and 10 times "
+            "the written ones; write the values out instead.",
+        ),
+        ("a: &a [1, *a]\n", "refused: an alias (*name) refers to a node that contains it, which never ends."),
+        (
+            "model:\n  lr: [1, 2\ntrainer: {\n",
+            "not valid YAML: did not find expected ',' or ']' on line 3, column 8 (while parsing a flow sequence "
+            "from line 2, column 7).",
+        ),
+        (
+            "model:\n\tlr: 1\n",  # a tab
+            "not valid YAML: found character that cannot start any token on line 2, column 1 (while scanning for "
+            "the next token from line 2, column 1).",
+        ),
+    ],
+    ids=["billion-laughs", "alias-into-itself", "unclosed-list", "tab"],
+)
+def test_a_config_file_that_cannot_be_read_ends_in_one_line_naming_it(tmp_path, capsys, text, message):
+    config = write(tmp_path, text, "config.yaml")
+    code, line = run(fit_args(tmp_path, "--config", config), capsys)
+    assert (code, line) == (1, f"error: {config}: {message}")
+    assert not (tmp_path / "logs").exists()
+
+
+def test_a_value_on_the_command_line_with_aliases_that_explode_is_not_expanded(tmp_path, capsys):
+    value = "{" + LAUGHS.replace("\n", ", ").rstrip(", ") + "}"
+    code, line = run(fit_args(tmp_path, "--model.optimizer", value), capsys)
+    assert code == 2 and len(line) < 2_100, line  # refused as a value the parser cannot read, and not walked
+
+
+def test_a_megabyte_value_is_not_echoed_whole(tmp_path, capsys):
+    config = write(tmp_path, "model:\n  lr: " + "x" * 1_000_000 + "\n", "config.yaml")
+    code, line = run(fit_args(tmp_path, "--config", config), capsys)
+    assert code == 2 and "xxxxxxxxxxxxxxxxxxxx... (1,000,000 characters)" in line and len(line) < 2_100, line

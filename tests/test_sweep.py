@@ -338,6 +338,14 @@ MISTAKES = [
         r"space\.yaml: sampler must be one of tpe, random; got 'grid'",
     ),
     (
+        "billion-laughs",
+        "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n"
+        + "".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True)),
+        [],
+        EPOCHS,
+        r"space\.yaml: refused: its aliases \(\*name\) expand 29 written nodes to 1,234,567,909,",
+    ),
+    (
         "unknown-fit-argument",
         SPACE,
         [],

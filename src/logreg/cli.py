@@ -42,6 +42,7 @@ from logreg.machinery.loggers import TensorBoardLogger
 from logreg.machinery.predict import PredictionWriter
 from logreg.machinery.preflight import check_epochs_left, logger_root, usage_problem
 from logreg.machinery.quiet import silence_harmless_messages
+from logreg.machinery.yaml_files import check_config_files, guard_jsonargparse
 
 DEFAULT_LOG_DIR = "lightning_logs"
 DEFAULT_MODEL = "logreg.models.LogisticRegression"
@@ -87,6 +88,8 @@ class LogRegCLI(LightningCLI):
 
     @override
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        if args is None or isinstance(args, list):  # the parser's own message would not name a malformed file
+            check_config_files(sys.argv[1:] if args is None else args)
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
@@ -192,6 +195,7 @@ def _run_name(data: Namespace) -> str:
 def build_cli(args: list[str] | None = None, run: bool = True) -> LogRegCLI:
     """The project's CLI with its defaults; ``run=False`` only builds the model, data module and Trainer."""
     silence_harmless_messages()
+    guard_jsonargparse()
     return LogRegCLI(
         L.LightningModule,
         L.LightningDataModule,

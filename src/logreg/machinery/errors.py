@@ -81,8 +81,31 @@ def user_message(
     return None
 
 
+MAX_WORD, MAX_MESSAGE = 200, 2_000  # characters of one quoted value, and of a whole message
+
+
+def shorten(message: str) -> str:
+    """``message`` with each word (a run without spaces: a quoted value, a path) of more than ``MAX_WORD``
+    characters cut, saying how long it was, and the whole cut at ``MAX_MESSAGE``: a message quotes the value
+    it refuses, which may be a megabyte long.
+
+    >>> shorten("lr: expected a float, got " + "x" * 5000 + " in a.yaml.")
+    'lr: expected a float, got xxxxxxxxxxxxxxxxxxxx... (5,000 characters) in a.yaml.'
+    """
+
+    def cut(word: str) -> str:
+        return word if len(word) <= MAX_WORD else f"{word[:20]}... ({len(word):,} characters)"
+
+    text = " ".join(cut(word) for word in message.split(" "))
+    return (
+        text if len(text) <= MAX_MESSAGE else f"{text[:MAX_MESSAGE]}... ({len(text) - MAX_MESSAGE:,} more characters)."
+    )
+
+
 def exit_with(message: str, code: int) -> NoReturn:
-    """Exit with ``code`` after ``error: <message>`` on stderr (for code 1, as ``SystemExit``'s own message)."""
+    """Exit with ``code`` after ``error: <message>`` on stderr (for code 1, as ``SystemExit``'s own message), its
+    long values cut (see :func:`shorten`)."""
+    message = shorten(message)
     if code == 1:
         raise SystemExit(f"error: {message}") from None
     print(f"error: {message}", file=sys.stderr)

@@ -34,6 +34,7 @@ import yaml
 from jsonargparse import ArgumentParser
 
 from logreg.machinery.errors import ConfigError, DataError, NonFiniteLossError, causes, one_line, reporting
+from logreg.machinery.yaml_files import read_yaml
 
 try:
     import optuna
@@ -110,11 +111,7 @@ class Space:
         path = Path(path)
         if not path.is_file():
             raise DataError(f"{path}: no such file.")
-        try:
-            content = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(err).split())}).") from None
-        return cls.parse(content, path)
+        return cls.parse(read_yaml(path), path)
 
     @classmethod
     def parse(cls, content: Any, where: str | Path) -> Space:
