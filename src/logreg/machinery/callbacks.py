@@ -20,6 +20,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from logreg.machinery import interrupt
@@ -58,9 +59,9 @@ class LastCheckpoint(Checkpoint):
     resumed with a larger ``max_steps`` goes on with the epoch's next batch), and at the batch where a signal
     stops the run.
 
-    On SIGINT (Ctrl+C) or SIGTERM during training it saves at the end of the current batch, prints one line
-    naming the file and how to resume, and raises :class:`~logreg.machinery.interrupt.Interrupted` (exit code 130 or
-    143). That needs the handlers of :func:`logreg.machinery.interrupt.install_handlers`, which the CLI installs; without
+    On SIGINT (Ctrl+C), SIGTERM or SIGHUP during training it saves at the end of the current batch, prints one
+    line naming the file and how to resume, and raises :class:`~logreg.machinery.interrupt.Interrupted` (exit code
+    130, 143 or 129). That needs the handlers of :func:`logreg.machinery.interrupt.install_handlers`, which the CLI installs; without
     them (a Trainer used from Python) Ctrl+C behaves as Lightning makes it.
 
     A ``Checkpoint`` (Lightning runs those after the other callbacks, so the file holds their state of the step),
@@ -116,11 +117,17 @@ class LastCheckpoint(Checkpoint):
             signum = signum or (signal.SIGTERM if stop else None)
         if not save:
             return
-        trainer.save_checkpoint(self.path, weights_only=False)  # with the optimizer's state, to resume from
-        self._due = time.monotonic() + self.every_seconds
-        self._final_step = trainer.global_step if final else None
         if signum is None:
+            trainer.save_checkpoint(self.path, weights_only=False)  # with the optimizer's state, to resume from
+            self._due = time.monotonic() + self.every_seconds
+            self._final_step = trainer.global_step if final else None
             return
+        raise self._save_and_say(trainer, signum)
+
+    def _save_and_say(self, trainer: L.Trainer, signum: int) -> interrupt.Interrupted:
+        """Save ``last.ckpt`` for a stop by ``signum``, say so in one line, and return the exception that ends
+        the run (from now on a further signal ends the process at once)."""
+        trainer.save_checkpoint(self.path, weights_only=False)
         if trainer.is_global_zero:
             print(
                 f"Stopped by {interrupt.signal_name(signum)} at epoch {trainer.current_epoch}, step "
@@ -128,7 +135,7 @@ class LastCheckpoint(Checkpoint):
                 file=sys.stderr,
                 flush=True,
             )
-        raise interrupt.Interrupted(signum)
+        return interrupt.stop(signum)
 
     @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -142,6 +149,17 @@ class LastCheckpoint(Checkpoint):
     @override
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         interrupt.stop_at_batch_end(False)  # a failed run may skip teardown; a later signal must not wait
+        signum = interrupt.received()
+        progress = trainer.fit_loop.epoch_progress.current
+        if (
+            isinstance(exception, SIGTERMException)
+            and signum is not None
+            and not interrupt.stopping()
+            and progress.ready == progress.started == progress.processed == progress.completed
+        ):
+            # Lightning stops for SIGTERM itself at an epoch's end when it came after the epoch's last batch (during
+            # validation, say): the epoch is complete there, as at the end of fit, a clean point to resume from.
+            self._save_and_say(trainer, signum)
 
 
 def _max_steps_reached_mid_epoch(trainer: L.Trainer) -> bool:

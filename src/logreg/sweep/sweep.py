@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import signal
 import socket
 import sys
 import time
@@ -33,6 +34,7 @@ import lightning as L
 import yaml
 from jsonargparse import ArgumentParser
 
+from logreg.machinery import interrupt
 from logreg.machinery.errors import ConfigError, DataError, NonFiniteLossError, causes, one_line, reporting
 from logreg.machinery.yaml_files import read_yaml
 
@@ -336,7 +338,7 @@ def run_trial(trial: optuna.Trial, space: Space, fit: Sequence[str], out: Path) 
         mark_run(cli.trainer, pruned=True)
         raise
     except SystemExit as err:
-        if cli.trainer.interrupted:  # Lightning turns Ctrl-C into exit(1); Optuna fails the trial on this
+        if cli.trainer.interrupted:  # Lightning turns a signal's KeyboardInterrupt into exit(1)
             raise KeyboardInterrupt from err
         raise
     finally:
@@ -528,10 +530,12 @@ def build_parser() -> ArgumentParser:
 
 def main(args: Sequence[str] | None = None) -> None:
     """``logreg sweep`` with ``args`` (the words after ``sweep``; default the command line): mistakes end in one
-    line on stderr and exit code 1 (2 for the command line), before any trial runs."""
+    line on stderr and exit code 1 (2 for the command line), before any trial runs; so does a signal, with its
+    exit code. A stopped trial fails at once: nothing resumes it, so it does not wait for a batch end."""
     from argparse import ArgumentError
 
-    reporting(run, list(sys.argv[2:] if args is None else args), is_usage=lambda e: isinstance(e, ArgumentError))
+    with interrupt.reported(graceful=False):
+        reporting(run, list(sys.argv[2:] if args is None else args), is_usage=lambda e: isinstance(e, ArgumentError))
 
 
 def run(args: list[str]) -> None:
@@ -572,17 +576,47 @@ def run(args: list[str]) -> None:
             f"study {opts.study!r} in {url} was created to {study.direction.name.lower()}, but {opts.space} asks to {space.direction}."
         )
     out.mkdir(parents=True, exist_ok=True)
+    started: list[optuna.Trial] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        started.append(trial)
+        try:
+            return run_trial(trial, space, fit, out)
+        except KeyboardInterrupt:
+            # Optuna logs a trial's KeyboardInterrupt with its traceback; it lets a SystemExit through, and the
+            # trial is failed below, with the stop said in one line.
+            raise interrupt.Interrupted(interrupt.received() or signal.SIGINT) from None
+
     try:
         study.optimize(
-            lambda trial: run_trial(trial, space, fit, out),
+            objective,
             n_trials=opts.trials,
             catch=(NonFiniteLossError, Rejected),  # that trial fails; the others still run
         )
-    except KeyboardInterrupt:
-        print("interrupted: the finished trials are kept; run the same command again to go on.", file=sys.stderr)
+    except (KeyboardInterrupt, interrupt.Interrupted):
+        signum = interrupt.received() or signal.SIGINT
+        stopped = interrupt.stop(signum)  # from here a further signal ends the process at once
+        failed = _fail_running(study, started)
+        which = f" in trial {failed}, which failed" if failed is not None else ""
+        print(
+            f"error: stopped by {interrupt.signal_name(signum)}{which}; the finished trials are kept: run the same "
+            "command again to go on.",
+            file=sys.stderr,
+        )
         report(study, space, out)
-        raise SystemExit(130) from None
+        raise stopped from None
     report(study, space, out)
+
+
+def _fail_running(study: optuna.Study, started: list[optuna.Trial]) -> int | None:
+    """Fail this process's running trial (a stopped one), so it is not left to its heartbeat; its number."""
+    if not started:
+        return None
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    if started[-1].number not in running:  # stopped between trials
+        return None
+    study.tell(started[-1], state=TrialState.FAIL)
+    return started[-1].number
 
 
 def report(study: optuna.Study, space: Space, out: Path) -> None:
