@@ -3,6 +3,7 @@
 import gzip
 import hashlib
 import math
+import os
 import re
 import shutil
 import signal
@@ -604,3 +605,58 @@ def test_a_megabyte_value_is_not_echoed_whole(tmp_path, capsys):
     config = write(tmp_path, "model:\n  lr: " + "x" * 1_000_000 + "\n", "config.yaml")
     code, line = run(fit_args(tmp_path, "--config", config), capsys)
     assert code == 2 and "xxxxxxxxxxxxxxxxxxxx... (1,000,000 characters)" in line and len(line) < 2_100, line
+
+
+# --- tracebacks turned into one line -----------------------------------------------------------------------
+
+
+def test_adam_with_a_learning_rate_whose_step_overflows_float32(tmp_path, capsys):
+    # torch.optim raises RuntimeError: Adam's first step is lr / (1 - beta1) = 1e39, beyond float32
+    code, line = run(fit_args(tmp_path, "--model.optimizer", "Adam", "--model.lr", "1e38"), capsys)
+    assert (code, line) == (
+        1,
+        "error: training stopped: an optimizer step overflowed float32 (value cannot be converted to type float "
+        "without overflow); the learning rate is far too large for the optimizer, which a smaller one prevents.",
+    )
+    assert not (tmp_path / "logs").exists()  # it failed before its first update: no run directory is left
+
+
+def test_a_full_disk_where_lightning_writes_names_the_directory_and_leaves_no_run(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from lightning.pytorch.loggers import tensorboard
+
+    def full(*args, **kwargs):  # as fsspec's close() fails on a full disk: an OSError naming no file
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(tensorboard, "save_hparams_to_yaml", full)  # the logger's hparams.yaml, after config.yaml
+    code, line = run(fit_args(tmp_path), capsys)
+    assert (code, line) == (
+        1,
+        f"error: {tmp_path / 'logs' / 'minibatch'}: cannot write the run's files (No space left on device).",
+    )
+    assert not (tmp_path / "logs").exists()  # config.yaml and the event file were removed with their directory
+
+
+def test_a_failed_run_keeps_its_directory_once_it_has_trained(tmp_path, capsys, monkeypatch):
+    fit = fit_args(tmp_path, "--data.batch_mode", "full")
+    main(fit)  # version_0, trained
+    original = LogisticRegression.training_step
+
+    def failing(self, batch, batch_idx):
+        if self.global_step == 1:  # after one update of its own
+            raise KeyboardInterrupt
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(LogisticRegression, "training_step", failing)
+    sigint = signal.getsignal(signal.SIGINT)  # Lightning ignores Ctrl+C while it shuts down
+    try:
+        with pytest.raises(SystemExit):
+            main(fit)
+        monkeypatch.setattr(LogisticRegression, "training_step", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(SystemExit):
+            main(fit)  # stopped before its first update: nothing of it is kept
+    finally:
+        signal.signal(signal.SIGINT, sigint)
+    assert sorted(p.name for p in (tmp_path / "logs" / "full").iterdir()) == ["version_0", "version_1"]
+    assert (tmp_path / "logs" / "full" / "version_1" / "config.yaml").is_file()

@@ -33,8 +33,10 @@ from logreg.machinery.checkpoint import (
     SavedRun,
     choose_last_checkpoint,
     claim_run_dir,
+    claimed_runs,
+    count_updates,
     read_checkpoint,
-    release_empty_run_dirs,
+    release_run_dirs,
 )
 from logreg.machinery.divergence import StopOnNonFiniteLoss
 from logreg.machinery.errors import DataError, raised_in, reporting
@@ -55,9 +57,10 @@ class LogRegCLI(LightningCLI):
     """LightningCLI with the template's defaults: a TensorBoard run per batch mode, best and last checkpoints."""
 
     saved: SavedRun | None = None  # what --ckpt_path holds, read before the classes are built
-    _trainer_kwargs: dict[
-        str, Any
-    ]  # set before the classes are built: the template's logger or run directory, for the Trainer only
+    # Set before the classes are built: the template's logger or run directory, for the Trainer only, and the
+    # run directory claimed for this run, if any.
+    _trainer_kwargs: dict[str, Any]
+    _run_dir: Path | None
 
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -132,7 +135,7 @@ class LogRegCLI(LightningCLI):
         # into the configuration: config.yaml records what the user chose, so rerunning it starts a new run (a
         # logger pinned to version N would find N's config.yaml and refuse), and a bar written into it would
         # contradict --trainer.enable_progress_bar false.
-        self._trainer_kwargs = {}
+        self._trainer_kwargs, self._run_dir = {}, None
         logger = config.trainer.logger
         if logger not in (None, True, False):
             return  # a configured logger picks its own directory
@@ -143,7 +146,7 @@ class LogRegCLI(LightningCLI):
         name = _run_name(config.data) if self.subcommand in (None, "fit") else self.subcommand
         version = None  # build_cli(run=False) runs nothing yet: the logger picks its version when first used
         if self.subcommand is not None:
-            run_dir = claim_run_dir(Path(root) / name)
+            run_dir = self._run_dir = claim_run_dir(Path(root) / name)
             version = int(run_dir.name.removeprefix("version_"))
             if logger is False:
                 self._trainer_kwargs["default_root_dir"] = str(run_dir)
@@ -167,6 +170,9 @@ class LogRegCLI(LightningCLI):
     @override
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
+        if self._run_dir is not None:  # updates of its own: a resumed run starts at the checkpoint's step
+            start = self.saved.global_step if self.saved is not None and self.subcommand == "fit" else 0
+            count_updates(self._run_dir, lambda: self.trainer.global_step - start)
         if self.subcommand != "predict":  # the writer's hooks would run at every training batch for nothing
             self.trainer.callbacks = [c for c in self.trainer.callbacks if not isinstance(c, PredictionWriter)]
         if self.saved is None:
@@ -231,9 +237,11 @@ def main(args: list[str] | None = None) -> None:
     """Run the CLI on ``args`` (default: the command line), e.g. ``main(["fit", "--trainer.max_epochs", "5"])``."""
     with interrupt.reported():
         try:
-            reporting(build_cli, args, is_usage=is_usage_error)
-        finally:
-            release_empty_run_dirs()  # a run that failed before writing anything leaves no directory behind
+            reporting(build_cli, args, is_usage=is_usage_error, where=lambda: str(claimed_runs() or "") or None)
+        except BaseException:
+            release_run_dirs(failed=True)  # a run that failed before its first update leaves no directory behind
+            raise
+        release_run_dirs()
 
 
 if __name__ == "__main__":

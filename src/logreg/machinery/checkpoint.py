@@ -8,8 +8,10 @@ instead of an unpickling traceback, and the model's ``num_features`` comes from 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import importlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -280,26 +282,67 @@ def claim_version(runs: Path) -> int:
             version += 1
 
 
-_claims: list[tuple[Path, list[Path]]] = []  # run directories claimed by this process, with parents made for them
+@dataclass
+class _Claim:
+    path: Path  # runs/version_N
+    made: list[Path]  # its parents made for it, innermost first
+    updates: Callable[[], int] = lambda: 0  # weight updates the run has made in it so far
+
+
+_claims: list[_Claim] = []  # run directories claimed by this process
+# What every run writes as it starts, before its first update: the resolved configuration, the logger's
+# hyperparameters and its event file. A failed run that made no update holds nothing else worth keeping.
+START_UP_FILES = ("config.yaml", "hparams.yaml", "events.out.tfevents.*")
 
 
 def claim_run_dir(runs: Path) -> Path:
-    """:func:`claim_version`'s ``runs/version_N``, remembered so that :func:`release_empty_run_dirs` removes it
-    (and the parents made for it) if the run fails before writing anything into it."""
+    """:func:`claim_version`'s ``runs/version_N``, remembered so that :func:`release_run_dirs` removes it (and
+    the parents made for it) if the run leaves nothing in it, or fails before its first weight update."""
     new = [d for d in (runs, runs.parent) if not d.exists()]
     path = runs / f"version_{claim_version(runs)}"
-    _claims.append((path, new))
+    _claims.append(_Claim(path, new))
     return path
 
 
-def release_empty_run_dirs() -> None:
-    """Remove the run directories claimed so far that stayed empty, and their parents made for them."""
+def count_updates(path: Path, updates: Callable[[], int]) -> None:
+    """Tell :func:`release_run_dirs` how to count the weight updates a run made in its claimed ``path``."""
+    for claim in _claims:
+        if claim.path == path:
+            claim.updates = updates
+
+
+def claimed_runs() -> Path | None:
+    """The directory of the run directory claimed last (``runs`` of ``runs/version_N``), if any."""
+    return _claims[-1].path.parent if _claims else None
+
+
+def release_run_dirs(failed: bool = False) -> None:
+    """Remove the run directories claimed so far that stayed empty, and those of a ``failed`` run that made no
+    weight update and holds only its start-up files (:data:`START_UP_FILES`), with their parents made for them.
+
+    A run that failed at its start (a data file refused in ``setup``, a full disk, Ctrl+C while it loads) would
+    otherwise leave a ``version_N`` with a ``config.yaml`` that looks like a run."""
     while _claims:
-        path, new = _claims.pop()
+        claim = _claims.pop()
         with contextlib.suppress(OSError):  # not empty: the run wrote something worth keeping
-            path.rmdir()
-            for directory in new:
+            if failed and claim.updates() <= 0:
+                _remove_start_up_files(claim.path)
+            claim.path.rmdir()
+            for directory in claim.made:
                 directory.rmdir()
+
+
+def _remove_start_up_files(path: Path) -> None:
+    """Remove ``path``'s start-up files and empty directories, if it holds nothing else."""
+    entries = list(path.iterdir())
+    files = [e for e in entries if e.is_file() and any(fnmatch.fnmatch(e.name, p) for p in START_UP_FILES)]
+    empty = [e for e in entries if e.is_dir() and not any(e.iterdir())]
+    if len(files) + len(empty) < len(entries):
+        return
+    for file in files:
+        file.unlink()
+    for directory in empty:
+        directory.rmdir()
 
 
 def _version(name: str) -> int:
