@@ -476,3 +476,24 @@ def test_a_signal_during_a_trial_fails_it_and_ends_the_sweep_in_one_line(
     assert [t.state for t in load(out).trials] == [TrialState.COMPLETE, TrialState.FAIL]
     with (out / "trials.csv").open() as file:  # the results were written on the way out
         assert [r["state"] for r in csv.DictReader(file)] == ["COMPLETE", "FAIL"]
+
+
+def test_a_rerun_with_the_same_seed_goes_on_with_new_values(tmp_path):
+    write_inputs(tmp_path, "sampler: random\n" + lr_space("{log_uniform: [0.3, 30]}"))
+    out = tmp_path / "out"
+    for _ in range(2):  # the same command twice: the seed alone would propose trials 0 and 1 again
+        main(sweep_args(tmp_path, out, 2, "--seed", "1", fit=("--trainer.max_epochs", "1")))
+    lrs = [t.params["model.lr"] for t in load(out).trials]
+    assert len(lrs) == 4 and len(set(lrs)) == 4, lrs
+    main(sweep_args(tmp_path, tmp_path / "again", 2, "--seed", "1", fit=("--trainer.max_epochs", "1")))
+    assert [t.params["model.lr"] for t in load(tmp_path / "again").trials] == lrs[:2]  # a new study: reproducible
+
+
+def test_a_sqlite_storage_inside_a_new_out_directory(tmp_path):
+    write_inputs(tmp_path, lr_space("{choices: [0.5]}"))
+    out = tmp_path / "new" / "out"
+    storage = f"sqlite:///{out / 'mine.db'}"
+    main(sweep_args(tmp_path, out, 1, "--storage", storage, fit=("--trainer.max_epochs", "1")))
+    study = optuna.load_study(study_name="logreg", storage=storage)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE]
+    assert (out / "trials.csv").is_file() and not (out / "study.db").exists()

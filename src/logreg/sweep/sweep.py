@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import lightning as L
+import numpy
 import yaml
 from jsonargparse import ArgumentParser
 
@@ -555,27 +556,15 @@ def run(args: list[str]) -> None:
     check_space(space, fit, opts.space)
     out = Path(opts.out)
     url = opts.storage or f"sqlite:///{out / 'study.db'}"
-    if opts.storage is None:
-        out.mkdir(parents=True, exist_ok=True)
-    storage = open_storage(url, opts.heartbeat)
+    made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)  # first: the database may be a file in it (--storage sqlite:///OUT/x.db)
     try:
-        study = optuna.create_study(
-            study_name=opts.study,
-            storage=storage,
-            sampler=SAMPLERS[space.sampler](seed=opts.seed),
-            pruner=optuna.pruners.NopPruner()
-            if space.pruner is None
-            else optuna.pruners.MedianPruner(**dict(space.pruner)),
-            direction=space.direction,
-            load_if_exists=True,
-        )
-    except Exception as err:
-        raise DataError(f"--storage {url}: cannot open study {opts.study!r}: {_one_line(err)}") from None
-    if study.direction.name.lower() != space.direction:
-        raise ConfigError(
-            f"study {opts.study!r} in {url} was created to {study.direction.name.lower()}, but {opts.space} asks to {space.direction}."
-        )
-    out.mkdir(parents=True, exist_ok=True)
+        study = open_study(url, opts, space)
+    except BaseException:
+        if made:  # a study that cannot be opened leaves no empty OUT behind
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     started: list[optuna.Trial] = []
 
     def objective(trial: optuna.Trial) -> float:
@@ -606,6 +595,42 @@ def run(args: list[str]) -> None:
         report(study, space, out)
         raise stopped from None
     report(study, space, out)
+
+
+def open_study(url: str, opts: Any, space: Space) -> optuna.Study:
+    """The study named ``--study`` in the database at ``url``, made if new, with the space's sampler and pruner.
+
+    The sampler's seed is ``--seed`` for a new study. For one that has trials already it is ``--seed`` mixed with
+    their number: the seed alone would propose the values of the study's first trials again, and a rerun of the
+    same command must go on with new ones (and still be reproducible).
+    """
+    storage = open_storage(url, opts.heartbeat)
+
+    def pruner() -> optuna.pruners.BasePruner:
+        return optuna.pruners.NopPruner() if space.pruner is None else optuna.pruners.MedianPruner(**dict(space.pruner))
+
+    try:
+        study = optuna.create_study(
+            study_name=opts.study,
+            storage=storage,
+            sampler=SAMPLERS[space.sampler](seed=opts.seed),
+            pruner=pruner(),
+            direction=space.direction,
+            load_if_exists=True,
+        )
+        done = len(study.get_trials(deepcopy=False))
+        if opts.seed is not None and done:
+            seed = int(numpy.random.SeedSequence([opts.seed, done]).generate_state(1)[0])
+            study = optuna.load_study(
+                study_name=opts.study, storage=storage, sampler=SAMPLERS[space.sampler](seed=seed), pruner=pruner()
+            )
+    except Exception as err:
+        raise DataError(f"--storage {url}: cannot open study {opts.study!r}: {_one_line(err)}") from None
+    if study.direction.name.lower() != space.direction:
+        raise ConfigError(
+            f"study {opts.study!r} in {url} was created to {study.direction.name.lower()}, but {opts.space} asks to {space.direction}."
+        )
+    return study
 
 
 def _fail_running(study: optuna.Study, started: list[optuna.Trial]) -> int | None:
