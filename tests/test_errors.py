@@ -94,6 +94,13 @@ CSV_CASES = [
         r"d\.csv: no label column 'label'; the columns are a, b, c\.",
     ),
     (
+        "labels-all-zero",
+        {"d.csv": "a,b,label\n" + "".join(f"{i},{i % 7},0\n" for i in range(50))},
+        ["--data.dataset", "{root}/d.csv"],
+        r"d\.csv: all 50 rows have label 0 \(column 'label'\); a binary classifier needs rows of both classes, "
+        r"0 and 1\.",
+    ),
+    (
         "too-small-to-split",
         {"d.csv": "a,label\n1,0\n2,1\n"},
         ["--data.dataset", "{root}/d.csv"],
@@ -660,3 +667,39 @@ def test_a_failed_run_keeps_its_directory_once_it_has_trained(tmp_path, capsys, 
         signal.signal(signal.SIGINT, sigint)
     assert sorted(p.name for p in (tmp_path / "logs" / "full").iterdir()) == ["version_0", "version_1"]
     assert (tmp_path / "logs" / "full" / "version_1" / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize(
+    ("command", "split", "remedy"), [("fit", "validation", "val_fraction"), ("test", "test", "test_fraction")]
+)
+def test_a_split_of_one_class_is_refused_naming_it(trained, tmp_path, capsys, command, split, remedy):
+    # 100 rows, labels 1 only on two rows the seed-42 split puts into training: validation and test are all 0
+    order = torch.randperm(100, generator=torch.Generator().manual_seed(42))
+    positive = set(order[:2].tolist())
+    rows = "".join(f"{i},{i % 7},{i % 3},{int(i in positive)}\n" for i in range(100))
+    data = write(tmp_path, "a,b,c,label\n" + rows)  # the trained model's columns
+    args = [command, *QUIET, "--data.dataset", data, "--trainer.default_root_dir", str(tmp_path / "logs")]
+    if command == "test":
+        args += ["--ckpt_path", str(trained["ckpt"])]
+    code, line = run(args, capsys)
+    rows = 20
+    assert (code, line) == (
+        1,
+        f"error: {data}: the {split} split's {rows} rows all have label 0 (column 'label', split by seed 42); its "
+        f"AUROC and F1 are undefined: use more rows, a larger --data.{remedy}, or another --data.seed.",
+    )
+    assert not (tmp_path / "logs").exists()
+
+
+def test_a_learning_rate_so_large_that_the_loss_diverges_yet_stays_finite(tmp_path, capsys):
+    code, line = run(fit_args(tmp_path, "--model.lr", "1e30"), capsys)  # val/loss was 4e26, and exit 0
+    assert code == 1
+    assert re.fullmatch(
+        r"error: training stopped: the mean training loss of epoch 0 was \S+e\+2\d, beyond 87\.3, where the "
+        r"probability given to the true labels underflows float32 \(as good as an infinite loss\), under SGD with "
+        r"lr 1e\+30, momentum 0; the updates grew without bound, which a smaller learning rate or momentum, or "
+        r"features on a smaller scale, prevent\.",
+        line,
+    ), line
+    (run_dir,) = (tmp_path / "logs" / "minibatch").iterdir()
+    assert not list(run_dir.glob("checkpoints/*.ckpt")) and "val/loss" not in scalars(run_dir)

@@ -43,6 +43,7 @@ from logreg.data.tables import Table
 from logreg.machinery.errors import ConfigError, DataError
 
 BatchMode = Literal["full", "example", "minibatch"]
+SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}
 MAX_SEED = 2**32 - 1  # the per-epoch shuffle seeds torch with seed * 1_000_003 + epoch, which must fit 64 bits
 
 
@@ -176,13 +177,40 @@ class BatchModeDataModule(L.LightningDataModule):
             )
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.hparams.seed))
         bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, n)}
-        self._raw = {stage: (table.x[order[a:b]], table.y[order[a:b]]) for stage, (a, b) in bounds.items()}
+        raw = {stage: (table.x[order[a:b]], table.y[order[a:b]]) for stage, (a, b) in bounds.items()}
+        self._check_both_classes(table, raw, {"fit": ("train", "val"), "validate": ("val",)}.get(stage, ("test",)))
+        self._raw = raw
         self.feature_names, self.label_name = list(table.feature_names), table.label_name
         if self.mean is None:  # a checkpoint restored later overrides these before any batch is served
             x_train = self._raw["train"][0]
             self.mean = x_train.mean(dim=0)
             std = x_train.std(dim=0)
             self.std = torch.where(std > 0, std, torch.ones_like(std))  # a constant column stays constant
+
+    def _check_both_classes(self, table: Table, raw: dict[str, tuple[torch.Tensor, ...]], splits: tuple) -> None:
+        """Refuse labels of one class only: the model would train to exit 0 and an AUROC of 0.0, both meaningless.
+
+        All rows first (the file's labels), then each split the stage uses (one class by chance in a small one).
+        """
+        column = f"column {table.label_name!r}" if table.label_name else "the labels"
+        if bool((table.y == table.y[0]).all()):
+            raise DataError(
+                f"{self.source}: all {len(table.y)} rows have label {table.y[0].item():g} ({column}); a binary "
+                "classifier needs rows of both classes, 0 and 1."
+            )
+        for split in splits:
+            y = raw[split][1]
+            if not bool((y == y[0]).all()):
+                continue
+            where = f"the {SPLIT_NAMES[split]} split's {len(y)} rows all have label {y[0].item():g}"
+            if split == "train":
+                why = "a binary classifier needs both classes to learn: use more rows of the other class"
+            else:
+                fraction = "val_fraction" if split == "val" else "test_fraction"
+                why = f"its AUROC and F1 are undefined: use more rows, a larger --data.{fraction}"
+            raise DataError(
+                f"{self.source}: {where} ({column}, split by seed {self.hparams.seed}); {why}, or another --data.seed."
+            )
 
     @property
     def source(self) -> str:
