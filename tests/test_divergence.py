@@ -95,3 +95,48 @@ def test_steps_between_checks_never_wait_for_the_device():
             guard.on_train_batch_end(trainer, module, {"loss": torch.ones((), device="cuda")}, None, 9)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+class LossScaledBy(LogisticRegression):
+    """A training loss ``scale`` times the model's, as a huge but finite step makes it (lr 1e30: 4e26)."""
+
+    def __init__(self, scale: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.scale = scale
+
+    def _shared_step(self, batch):
+        loss, logits = super()._shared_step(batch)
+        return (loss * self.scale if self.training else loss), logits
+
+
+@pytest.mark.parametrize(("batch_mode", "log_every"), [("full", 1), ("minibatch", 5), ("example", 50)])
+def test_a_finite_loss_beyond_the_bound_stops_at_the_epochs_end_before_validation(tmp_path, batch_mode, log_every):
+    dm = TabularDataModule(batch_mode=batch_mode, batch_size=10, **SMALL)
+    trainer = L.Trainer(
+        max_epochs=3,
+        logger=TensorBoardLogger(tmp_path, name="", version=""),
+        callbacks=[StopOnNonFiniteLoss()],
+        log_every_n_steps=log_every,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    with pytest.raises(NonFiniteLossError, match=r"the mean training loss of epoch 0 was \S+, beyond 87\.3, where"):
+        trainer.fit(LossScaledBy(1e6, num_features=3), datamodule=dm)  # 0.69 * 1e6
+    assert "val/loss" not in scalars(tmp_path)  # no validation of the broken weights
+
+
+def test_a_loss_below_the_bound_trains_on(tmp_path):
+    # a mean loss of 83 (ln 2 * 120, a tiny lr keeps it there) is high, but not beyond the bound
+    trainer = L.Trainer(
+        max_epochs=2,
+        logger=False,
+        callbacks=[StopOnNonFiniteLoss()],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(LossScaledBy(120.0, num_features=3, lr=1e-9), datamodule=TabularDataModule(**SMALL))
+    assert trainer.current_epoch == 2
+    assert trainer.callback_metrics["train/loss_epoch"] == pytest.approx(120 * math.log(2), rel=1e-3)
+    assert math.log(torch.finfo(torch.float32).tiny) == pytest.approx(-87.336, abs=1e-3)

@@ -28,7 +28,7 @@ class WriteError(RuntimeError):
 
 
 class NonFiniteLossError(ArithmeticError):
-    """The training loss became NaN or infinite; the message names the epoch and step."""
+    """The training loss became NaN or infinite, or as good as infinite; the message names the epoch (and step)."""
 
 
 USER_ERRORS = (DataError, ConfigError, WriteError, NonFiniteLossError)
