@@ -476,6 +476,7 @@ def test_the_cli_prints_no_traceback_in_a_real_process(tmp_path):
     )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
+    assert "LightningCLI's args parameter" not in result.stderr  # the launcher hands it the command line
     assert (
         result.stderr.splitlines()[-1] == f"error: {bad}: labels in column 'label' must be 0 or 1, found 7 on line 3."
     )

@@ -10,6 +10,8 @@ import re
 import warnings
 
 HARMLESS_WARNINGS = (
+    # `logreg` (launch.py) hands the command line to LightningCLI as its args on purpose; nothing is mixed up.
+    r"LightningCLI's args parameter is intended to run from within Python like if it were from the command line\.",
     # Lightning's own pytree helper calls a torch API that torch deprecated; nothing in a user's code does.
     re.escape(
         "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec) and treespec.is_leaf()` instead."
