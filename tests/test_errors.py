@@ -670,24 +670,16 @@ def test_a_failed_run_keeps_its_directory_once_it_has_trained(tmp_path, capsys, 
     assert (tmp_path / "logs" / "full" / "version_1" / "config.yaml").is_file()
 
 
-@pytest.mark.parametrize(
-    ("command", "split", "remedy"), [("fit", "validation", "val_fraction"), ("test", "test", "test_fraction")]
-)
-def test_a_split_of_one_class_is_refused_naming_it(trained, tmp_path, capsys, command, split, remedy):
-    # 100 rows, labels 1 only on two rows the seed-42 split puts into training: validation and test are all 0
+def test_a_training_split_of_one_class_is_refused(tmp_path, capsys):
+    # 100 rows, labels 1 only on two rows the seed-42 split puts into validation: training is all 0
     order = torch.randperm(100, generator=torch.Generator().manual_seed(42))
-    positive = set(order[:2].tolist())
-    rows = "".join(f"{i},{i % 7},{i % 3},{int(i in positive)}\n" for i in range(100))
-    data = write(tmp_path, "a,b,c,label\n" + rows)  # the trained model's columns
-    args = [command, *QUIET, "--data.dataset", data, "--trainer.default_root_dir", str(tmp_path / "logs")]
-    if command == "test":
-        args += ["--ckpt_path", str(trained["ckpt"])]
-    code, line = run(args, capsys)
-    rows = 20
+    positive = set(order[60:62].tolist())
+    data = write(tmp_path, "a,b,label\n" + "".join(f"{i},{i % 7},{int(i in positive)}\n" for i in range(100)))
+    code, line = run(fit_args(tmp_path, "--data.dataset", data), capsys)
     assert (code, line) == (
         1,
-        f"error: {data}: the {split} split's {rows} rows all have label 0 (column 'label', split by seed 42); its "
-        f"AUROC and F1 are undefined: use more rows, a larger --data.{remedy}, or another --data.seed.",
+        f"error: {data}: the training split's 60 rows all have label 0 (column 'label', split by seed 42); a binary "
+        "classifier needs both classes to learn: use more rows of the other class, or another --data.seed.",
     )
     assert not (tmp_path / "logs").exists()
 

@@ -43,7 +43,6 @@ from logreg.data.tables import Table
 from logreg.machinery.errors import ConfigError, DataError
 
 BatchMode = Literal["full", "example", "minibatch"]
-SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}
 MAX_SEED = 2**32 - 1  # the per-epoch shuffle seeds torch with seed * 1_000_003 + epoch, which must fit 64 bits
 
 
@@ -177,9 +176,9 @@ class BatchModeDataModule(L.LightningDataModule):
             )
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.hparams.seed))
         bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, n)}
-        raw = {stage: (table.x[order[a:b]], table.y[order[a:b]]) for stage, (a, b) in bounds.items()}
-        self._check_both_classes(table, raw, {"fit": ("train", "val"), "validate": ("val",)}.get(stage, ("test",)))
-        self._raw = raw
+        self._raw = {stage: (table.x[order[a:b]], table.y[order[a:b]]) for stage, (a, b) in bounds.items()}
+        if stage == "fit":
+            self._check_both_classes(table, self._raw["train"][1])
         self.feature_names, self.label_name = list(table.feature_names), table.label_name
         if self.mean is None:  # a checkpoint restored later overrides these before any batch is served
             x_train = self._raw["train"][0]
@@ -187,29 +186,21 @@ class BatchModeDataModule(L.LightningDataModule):
             std = x_train.std(dim=0)
             self.std = torch.where(std > 0, std, torch.ones_like(std))  # a constant column stays constant
 
-    def _check_both_classes(self, table: Table, raw: dict[str, tuple[torch.Tensor, ...]], splits: tuple) -> None:
-        """Refuse labels of one class only: the model would train to exit 0 and an AUROC of 0.0, both meaningless.
-
-        All rows first (the file's labels), then each split the stage uses (one class by chance in a small one).
-        """
+    def _check_both_classes(self, table: Table, train_y: torch.Tensor) -> None:
+        """Refuse labels of one class only, in the file or (by chance) in the training split: the model would
+        train to exit 0 and a meaningless AUROC of 0. A validation or test split of one class is left alone: a
+        tiny one (a benchmark's single row) is legitimate, and torchmetrics warns that its AUROC is undefined."""
         column = f"column {table.label_name!r}" if table.label_name else "the labels"
         if bool((table.y == table.y[0]).all()):
             raise DataError(
                 f"{self.source}: all {len(table.y)} rows have label {table.y[0].item():g} ({column}); a binary "
                 "classifier needs rows of both classes, 0 and 1."
             )
-        for split in splits:
-            y = raw[split][1]
-            if not bool((y == y[0]).all()):
-                continue
-            where = f"the {SPLIT_NAMES[split]} split's {len(y)} rows all have label {y[0].item():g}"
-            if split == "train":
-                why = "a binary classifier needs both classes to learn: use more rows of the other class"
-            else:
-                fraction = "val_fraction" if split == "val" else "test_fraction"
-                why = f"its AUROC and F1 are undefined: use more rows, a larger --data.{fraction}"
+        if bool((train_y == train_y[0]).all()):
             raise DataError(
-                f"{self.source}: {where} ({column}, split by seed {self.hparams.seed}); {why}, or another --data.seed."
+                f"{self.source}: the training split's {len(train_y)} rows all have label {train_y[0].item():g} "
+                f"({column}, split by seed {self.hparams.seed}); a binary classifier needs both classes to learn: use "
+                "more rows of the other class, or another --data.seed."
             )
 
     @property
