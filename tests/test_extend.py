@@ -39,12 +39,12 @@ def test_another_model_by_class_path_trains_resumes_and_predicts(tmp_path):
     ckpt = last_checkpoint(run)
     assert ckpt["state_dict"]["net.0.weight"].shape == (6, 3) and "linear.weight" not in ckpt["state_dict"]
     assert ckpt["hyper_parameters"]["_class_path"] == "logreg.models.MLP" and ckpt["hyper_parameters"]["hidden"] == 6
-    # --ckpt_path rebuilds the checkpoint's class and hyperparameters: no --model given here
-    resumed = fit(tmp_path, "--trainer.max_epochs", "3", "--ckpt_path", "last")
+    # --ckpt_path last takes the furthest run of the class given; the checkpoint rebuilds its hyperparameters
+    resumed = fit(tmp_path, "--model", "logreg.models.MLP", "--trainer.max_epochs", "3", "--ckpt_path", "last")
     assert yaml.safe_load((resumed / "config.yaml").read_text())["model"]["init_args"]["hidden"] == 6
     assert last_checkpoint(resumed)["global_step"] == 3 * 8
     out = tmp_path / "p.csv"
-    ckpt = str(resumed / "checkpoints" / "last.ckpt")
+    ckpt = str(resumed / "checkpoints" / "last.ckpt")  # a checkpoint's path: its class needs no --model
     main(
         [
             "predict",

@@ -152,13 +152,12 @@ def test_a_model_written_from_scratch_trains_resumes_and_predicts(user_code):
     logreg(user_code, "fit", *args, "--trainer.max_epochs", "3")
     first = last_ckpt(user_code, "full", 0)
     assert first["hyper_parameters"]["num_features"] == 3 and first["global_step"] == 3
-    # the model's class comes from the checkpoint, as for the template's own models
-    logreg(user_code, "fit", "--data.dataset", str(data), "--data.batch_mode", "full", "--trainer.max_epochs", "5",
-           "--ckpt_path", "last")  # fmt: skip
+    # the same command and --ckpt_path last, as for the template's own models: the run of the class given
+    logreg(user_code, "fit", *args, "--trainer.max_epochs", "5", "--ckpt_path", "last")
     resumed = last_ckpt(user_code, "full", 1)
     assert resumed["global_step"] == 5 and resumed["hyper_parameters"]["_class_path"] == "user_model.Logit"
     out = user_code / "p.csv"
-    logreg(user_code, "predict", *args[2:], "--ckpt_path", "last", "--prediction.output", str(out))
+    logreg(user_code, "predict", *args, "--ckpt_path", "last", "--prediction.output", str(out))
     rows = np.loadtxt(out, delimiter=",", skiprows=1)
     # by hand: the checkpoint's weights on the file's rows, standardised with the checkpoint's statistics
     x = np.loadtxt(data, delimiter=",", skiprows=1)[:, :3]
