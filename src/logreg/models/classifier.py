@@ -87,12 +87,15 @@ class BinaryClassifier(L.LightningModule):
         as_data = {k: class_config(v) for k, v in self.hparams.items() if class_config(v) is not v}
         if as_data:
             self.save_hyperparameters(as_data)
+        # Read back from attributes, not hparams: a subclass's __init__ that fixes some of these (it does not
+        # take them) saves only its own arguments. Tuner.lr_find sets the attribute (and the hparam, if saved).
+        self.lr, self.weight_decay = lr, weight_decay
         self.optimizer = from_class_config(optimizer, torch.optim.Optimizer, "optimizer")
         self.lr_scheduler = from_class_config(lr_scheduler, torch.optim.lr_scheduler.LRScheduler, "lr_scheduler")
         try:  # options torch refuses (a negative momentum) end in one line now, before any run starts
             self.optimizer([torch.nn.Parameter(torch.zeros(1))], lr)
         except (ValueError, TypeError) as err:
-            chosen = self.hparams.optimizer
+            chosen = self.hparams.get("optimizer", class_config(optimizer))  # the CLI's record of it, if any
             name = chosen.get("class_path") if isinstance(chosen, dict) else getattr(chosen, "__name__", chosen)
             raise ConfigError(
                 f"--model.optimizer {name} refuses its options: {err} (they are set as --model.optimizer.<option>; "
@@ -137,9 +140,9 @@ class BinaryClassifier(L.LightningModule):
         # read the value back from the device at every step; the bar shows the epoch's mean loss instead.
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             self.log("train/loss", loss, sync_dist=True)
-        if self.hparams.weight_decay:  # the logged loss stays the data term, comparable with val/loss
+        if self.weight_decay:  # the logged loss stays the data term, comparable with val/loss
             decayed = (p.square().sum() for p in self.parameters() if p.ndim > 1)  # weights, not biases
-            loss = loss + self.hparams.weight_decay / 2 * sum(decayed)
+            loss = loss + self.weight_decay / 2 * sum(decayed)
         return loss
 
     @override
@@ -172,7 +175,7 @@ class BinaryClassifier(L.LightningModule):
 
     @override
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer(self.parameters(), self.hparams.lr)
+        optimizer = self.optimizer(self.parameters(), self.lr)
         if self.lr_scheduler is None:
             return optimizer
         scheduler = self.lr_scheduler(optimizer)

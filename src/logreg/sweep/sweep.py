@@ -332,7 +332,7 @@ def run_trial(trial: optuna.Trial, space: Space, fit: Sequence[str], out: Path) 
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which process ran it
     trial.set_user_attr("root", str(root))
     trial.set_user_attr("run_dir", str(run_dir))
-    trial.set_user_attr("lr", cli.model.hparams.lr)
+    trial.set_user_attr("lr", getattr(cli.model, "lr", None))
     try:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     except optuna.TrialPruned:
