@@ -6,9 +6,11 @@ import errno
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -16,6 +18,16 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def session_hparams(run_dir) -> dict:
+    """The hyperparameters a run wrote for TensorBoard's HPARAMS tab, read back from its event file."""
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    content = events.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
+    assert hparams_metadata.EXPERIMENT_TAG not in content  # TensorBoard then builds it from every run
+    start = hparams_metadata.parse_session_start_info_plugin_data(content[hparams_metadata.SESSION_START_INFO_TAG])
+    return {name: getattr(value, value.WhichOneof("kind")) for name, value in start.hparams.items()}
 
 
 @pytest.fixture
@@ -86,6 +98,37 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     args = ["fit", "--data.dataset", str(data), "--data.batch_mode", "full", "--model.lr", "1.0"]
     main([*args, "--trainer.max_epochs", "5", "--trainer.default_root_dir", str(root / "logs"), *QUIET])
     return {"root": root, "data": data, "ckpt": root / "logs" / "full" / "version_0" / "checkpoints" / "last.ckpt"}
+
+
+def banknote_csv(path: Path) -> Path:
+    """The embedded banknote rows as a user's CSV file: a header row, the features, the label column."""
+    from logreg.data.tables import BANKNOTE_COLUMNS, BANKNOTE_PATH
+
+    path.write_text(",".join(BANKNOTE_COLUMNS) + "\n" + BANKNOTE_PATH.read_text())
+    return path
+
+
+def predicted(ckpt: Path, data: Path, output: Path) -> np.ndarray:
+    """The probabilities ``logreg predict`` writes for ``data`` with ``ckpt``."""
+    from logreg.cli import main
+
+    args = ["predict", "--ckpt_path", str(ckpt), "--data.dataset", str(data), "--prediction.output", str(output)]
+    main([*args, "--trainer.default_root_dir", str(output.parent / "logs"), *QUIET])
+    return np.loadtxt(output, delimiter=",", skiprows=1, ndmin=2)[:, 1]
+
+
+@pytest.fixture(scope="session")
+def banknote(tmp_path_factory) -> dict:
+    """A short full-batch logistic regression on the banknote data: its last.ckpt, the banknote rows as a CSV
+    file, and the probabilities ``logreg predict`` gives them (shared by tests that only read them)."""
+    from logreg.cli import main
+
+    root = tmp_path_factory.mktemp("banknote")
+    args = ["fit", "--data.batch_mode", "full", "--model.lr", "1.0", "--trainer.max_epochs", "5"]
+    main([*args, "--trainer.default_root_dir", str(root / "logs"), *QUIET])
+    ckpt = root / "logs" / "full" / "version_0" / "checkpoints" / "last.ckpt"
+    data = banknote_csv(root / "banknote.csv")
+    return {"root": root, "ckpt": ckpt, "data": data, "probabilities": predicted(ckpt, data, root / "p.csv")}
 
 
 class _FullDiskFile:

@@ -1,4 +1,6 @@
+import os
 import re
+import stat
 from pathlib import Path
 
 import lightning as L
@@ -104,3 +106,24 @@ def test_the_trainer_writes_every_checkpoint_through_the_plugin(tmp_path, full_d
     # Epoch 0's checkpoint is whole (Lightning deletes the older best only after the newer one is written).
     assert [p.name for p in tmp_path.iterdir()] == ["best-epoch0.ckpt"]
     assert torch.load(tmp_path / "best-epoch0.ckpt", weights_only=False)["epoch"] == 0
+
+
+@pytest.fixture
+def umask():
+    """Call ``set_umask(mask)`` to run under that umask; the earlier one is restored after the test."""
+    earlier = os.umask(0o022)
+    os.umask(earlier)
+    yield os.umask
+    os.umask(earlier)
+
+
+@pytest.mark.parametrize(("mask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_files_get_the_mode_the_umask_gives_new_files(tmp_path, umask, mask, mode):
+    umask(mask)
+    with AtomicFile(tmp_path / "predictions.csv", text=True) as file:
+        file.write("row,probability\n")
+    AtomicCheckpointIO().save_checkpoint({"epoch": 1}, tmp_path / "last.ckpt")
+    plain = tmp_path / "plain.txt"
+    plain.write_text("as open() makes it")
+    for path in (tmp_path / "predictions.csv", tmp_path / "last.ckpt", plain):
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path.name

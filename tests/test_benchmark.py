@@ -36,10 +36,10 @@ def test_benchmark_runs_all_five_paths_on_tiny_data_and_writes_consistent_json(t
     for r in modes.values():
         assert all(len(r["samples"][path]) == 1 for path in ("project", "bare", "bare_callbacks", "hand", "naive"))
         assert r["callbacks"] == [
-            "ProgressBar",
+            "TQDMProgressBar",
             "StopOnNonFiniteLoss",
             "SaveConfigCallback",
-            "BestCheckpoint",
+            "ModelCheckpoint",
             "LastCheckpoint",
         ]
         assert r["project_over_bare"] == pytest.approx(r["project_s"] / r["bare_s"])

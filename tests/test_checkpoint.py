@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from logreg.machinery.checkpoint import (
+    RunKind,
     choose_last_checkpoint,
     claim_version,
     find_last_checkpoint,
@@ -80,3 +81,26 @@ def test_concurrent_claims_never_share_a_version(tmp_path):
         versions = list(pool.map(lambda _: claim_version(tmp_path), range(40)))
     assert sorted(versions) == list(range(4, 44))
     assert sorted(int(p.name.split("_")[1]) for p in tmp_path.iterdir()) == list(range(3, 44))
+
+
+def test_last_checkpoint_is_of_the_wanted_model_class_and_data(tmp_path):
+    def save(version: int, step: int, model: str, dataset: str) -> None:
+        path = tmp_path / f"version_{version}" / "checkpoints" / "last.ckpt"
+        path.parent.mkdir(parents=True)
+        data = {"_class_path": "logreg.TabularDataModule", "dataset": dataset}
+        checkpoint = {"epoch": 1, "global_step": step, "hyper_parameters": {"_class_path": model}}
+        torch.save({**checkpoint, "datamodule_hyper_parameters": data}, path)
+
+    save(0, 90, "logreg.LogisticRegression", "banknote")  # the furthest, another class
+    save(1, 50, "logreg.MLP", "spam.csv")  # the right class (named by another path), other data
+    save(2, 10, "logreg.models.mlp.MLP", "banknote")
+    wanted = RunKind("logreg.models.MLP", "logreg.data.TabularDataModule", {"dataset": "banknote", "seed": 1})
+    chosen = choose_last_checkpoint(tmp_path, wanted)
+    assert (chosen.path, chosen.others) == (tmp_path / "version_2" / "checkpoints" / "last.ckpt", 2)
+    assert chosen.describe().endswith(
+        "the most training progress among 1 run of MLP on the same data (2 of another model or data left out)."
+    )
+    # predict's rows are new ones: any data, the class still counts
+    assert (
+        find_last_checkpoint(tmp_path, RunKind("logreg.MLP", "my.Data")) == tmp_path / "version_1/checkpoints/last.ckpt"
+    )

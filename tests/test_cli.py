@@ -11,7 +11,6 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 
 from logreg import LogisticRegression, TabularDataModule
 from logreg.cli import build_cli, main
-from logreg.machinery.callbacks import ProgressBar
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 TINY = ["--data.dataset", "synthetic", "--data.synthetic_rows", "200", "--data.synthetic_features", "3"]
@@ -52,12 +51,12 @@ def test_fit_writes_tensorboard_metrics_checkpoints_and_the_resolved_config(tmp_
     assert yaml.safe_load((run / "hparams.yaml").read_text())["num_features"] == 3  # ... yet the model got it
 
 
-def test_the_progress_bar_is_the_projects_and_updates_every_50_steps(tmp_path):
+def test_the_progress_bar_is_lightnings_and_updates_every_50_steps(tmp_path):
     cli = build_cli(
         ["--trainer.enable_model_summary", "false", *TINY, "--trainer.default_root_dir", str(tmp_path)], run=False
     )
     (bar,) = [c for c in cli.trainer.callbacks if isinstance(c, TQDMProgressBar)]
-    assert isinstance(bar, ProgressBar) and bar.refresh_rate == 50
+    assert type(bar) is TQDMProgressBar and bar.refresh_rate == 50
 
 
 def test_each_mode_logs_to_its_own_run_directory(tmp_path):
@@ -241,8 +240,8 @@ def test_ckpt_path_last_resumes_the_run_with_the_most_progress_and_says_which(tm
     fit(tmp_path, *args, "--trainer.max_epochs", "8", "--ckpt_path", "last")
     chosen = tmp_path / "full" / "version_0" / "checkpoints" / "last.ckpt"
     assert (
-        f"--ckpt_path last: resuming from {chosen} (epoch 6, step 6), the most training progress among 2 runs."
-        in capsys.readouterr().err.splitlines()
+        f"--ckpt_path last: resuming from {chosen} (epoch 6, step 6), the most training progress among 2 runs of "
+        "LogisticRegression on the same data." in capsys.readouterr().err.splitlines()
     )
     resumed = torch.load(tmp_path / "full" / "version_2" / "checkpoints" / "last.ckpt", weights_only=True)
     assert (resumed["epoch"], resumed["global_step"]) == (8, 8)  # 6 epochs from version_0, then 2 more
@@ -296,3 +295,97 @@ def test_predict_keeps_the_checkpoints_column_names_out_of_the_parsed_configurat
     assert cli.config.predict.data.init_args.feature_columns is None
     assert cli.datamodule.feature_names == ["x0", "x1", "x2"] and cli.model.hparams.num_features == 3
     assert len(out.read_text().splitlines()) == 201  # and the predictions are written, one per row
+
+
+def test_a_runs_config_yaml_reruns_into_a_new_run_to_the_same_weights(tmp_path):
+    # with the progress bar on, as a user runs it: the bar is the template's, not a choice config.yaml records
+    main(["fit", *TINY, "--trainer.max_epochs", "2", "--trainer.default_root_dir", str(tmp_path)])
+    first = tmp_path / "minibatch" / "version_0"
+    config = yaml.safe_load((first / "config.yaml").read_text())
+    assert (config["trainer"]["logger"], config["trainer"]["callbacks"]) == (None, None)
+    main(["fit", "--config", str(first / "config.yaml"), "--trainer.enable_progress_bar", "false"])
+    rerun = tmp_path / "minibatch" / "version_1"
+    weights = [torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for run in (first, rerun)]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+    assert yaml.safe_load((rerun / "config.yaml").read_text())["trainer"]["enable_progress_bar"] is False
+
+
+def test_a_run_without_a_logger_records_the_root_it_was_given_and_reruns_beside_it(tmp_path):
+    fit(tmp_path, "--trainer.max_epochs", "1", "--trainer.logger", "false")
+    first = tmp_path / "minibatch" / "version_0"
+    assert yaml.safe_load((first / "config.yaml").read_text())["trainer"]["default_root_dir"] == str(tmp_path)
+    main(["fit", "--config", str(first / "config.yaml")])
+    assert (tmp_path / "minibatch" / "version_1" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_ckpt_path_last_takes_the_configured_model_class_and_its_furthest_run(tmp_path, capsys):
+    fit(tmp_path, "--trainer.max_epochs", "3")  # version_0: a logistic regression, the furthest run
+    mlp = ("--model", "logreg.models.MLP", "--model.hidden", "3")
+    fit(tmp_path, *mlp, "--trainer.max_epochs", "2")  # version_1: the README's MLP recipe
+    capsys.readouterr()
+    fit(tmp_path, "--model", "logreg.models.MLP", "--trainer.max_epochs", "4", "--ckpt_path", "last")
+    assert "--ckpt_path last: resuming from " + str(tmp_path / "minibatch/version_1/checkpoints/last.ckpt") in (
+        capsys.readouterr().err
+    )
+    resumed = torch.load(tmp_path / "minibatch" / "version_2" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["hyper_parameters"]["_class_path"] == "logreg.models.MLP"  # the hidden size from the checkpoint
+    assert (resumed["epoch"], resumed["hyper_parameters"]["hidden"]) == (4, 3)
+    fit(tmp_path, "--trainer.max_epochs", "5", "--ckpt_path", "last")  # no class given: the default one's run
+    resumed = torch.load(tmp_path / "minibatch" / "version_3" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["hyper_parameters"]["_class_path"] == "logreg.LogisticRegression" and resumed["epoch"] == 5
+
+
+def test_ckpt_path_last_takes_a_run_of_the_data_given_and_names_the_others(tmp_path, capsys):
+    wide = ["--data.dataset", "synthetic", "--data.synthetic_rows", "200", "--data.synthetic_features", "16"]
+    run = ["fit", *QUIET, "--trainer.default_root_dir", str(tmp_path)]
+    main([*run, "--trainer.max_epochs", "3"])  # banknote, 4 features: the furthest run
+    main([*run, *wide, "--trainer.max_epochs", "1"])
+    capsys.readouterr()
+    main(["test", *QUIET, *wide, "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", "last"])
+    assert "--ckpt_path last: using " + str(tmp_path / "minibatch/version_1/checkpoints/last.ckpt") in (
+        capsys.readouterr().err
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main([*run, *wide[:-1], "8", "--trainer.max_epochs", "4", "--ckpt_path", "last"])
+    assert exit_info.value.code == (
+        f"error: --ckpt_path last: no run under {tmp_path / 'minibatch'} of LogisticRegression on the same data "
+        "(version_0: data.dataset 'banknote' (here 'synthetic'); version_1: data.synthetic_features 16 (here 8)); "
+        "choose the model with --model and the data with the same --data arguments, or pass the checkpoint's path "
+        "as --ckpt_path."
+    )
+
+
+def test_ckpt_path_last_resumes_the_runs_of_a_csv_logger_beside_tensorboard(tmp_path):
+    # the README's YAML: checkpoints go to the first logger's run directory, where --ckpt_path last looks
+    loggers = tmp_path / "loggers.yaml"
+    loggers.write_text(
+        "trainer:\n  logger:\n"
+        f"    - {{class_path: logreg.machinery.loggers.TensorBoardLogger, init_args: {{save_dir: {tmp_path}, name: minibatch}}}}\n"
+        f"    - {{class_path: lightning.pytorch.loggers.CSVLogger, init_args: {{save_dir: {tmp_path}, name: minibatch_csv}}}}\n"
+    )
+    fit(tmp_path, "--config", str(loggers), "--trainer.max_epochs", "2")
+    fit(tmp_path, "--config", str(loggers), "--trainer.max_epochs", "3", "--ckpt_path", "last")
+    resumed = torch.load(tmp_path / "minibatch" / "version_1" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["epoch"] == 3
+    assert len((tmp_path / "minibatch_csv" / "version_1" / "metrics.csv").read_text().splitlines()) > 1
+
+
+def test_resuming_after_max_steps_cut_an_epoch_ends_bit_identical_to_training_straight_through(tmp_path):
+    # 120 training rows / 16 = 8 updates per epoch: step 13 stops in epoch 1, step 29 in epoch 3
+    args = ("--data.batch_size", "16", "--model.optimizer.momentum", "0.9", "--trainer.log_every_n_steps", "1")
+    fit(tmp_path / "straight", *args, "--trainer.max_steps", "29")
+    fit(tmp_path / "split", *args, "--trainer.max_steps", "13")
+    stopped = torch.load(tmp_path / "split/minibatch/version_0/checkpoints/last.ckpt", weights_only=True)
+    assert stopped["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": 5}]
+    fit(tmp_path / "split", *args, "--trainer.max_steps", "29", "--ckpt_path", "last")
+    (straight, straight_logged), (resumed, resumed_logged) = (
+        final_state(tmp_path / "straight" / "minibatch" / "version_0"),
+        final_state(tmp_path / "split" / "minibatch" / "version_1"),
+    )
+    assert resumed["global_step"] == straight["global_step"] == 29
+    for name, value in straight["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][name], value), name
+    assert identical(resumed["optimizer_states"][0]["state"], straight["optimizer_states"][0]["state"])
+    for tag in ("train/loss", "train/loss_epoch", "val/loss"):
+        assert resumed_logged[tag][-1] == straight_logged[tag][-1], tag

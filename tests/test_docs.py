@@ -1,5 +1,6 @@
 """The README and the pages under docs/: every relative link resolves, and the README stays short."""
 
+import math
 import re
 from pathlib import Path
 
@@ -60,3 +61,26 @@ def test_the_readme_model_recipe_trains_from_a_file_in_the_current_directory(tmp
     ckpt = torch.load(tmp_path / "lightning_logs/minibatch/version_0/checkpoints/last.ckpt", weights_only=True)
     assert ckpt["hyper_parameters"]["_class_path"] == "my_model.Deep" and ckpt["global_step"] == 2 * 26
     assert ckpt["state_dict"]["net.0.weight"].shape == (5, 4)  # hidden 5, the banknote's 4 features
+
+
+@pytest.mark.parametrize(("mode", "updates"), [("full", 1), ("example", 60), ("minibatch", math.ceil(60 / 16))])
+def test_the_readme_data_recipe_reads_parquet_in_every_batch_mode(tmp_path, monkeypatch, mode, updates):
+    import polars as pl
+    import torch
+    from conftest import QUIET, separable_csv
+
+    from logreg.cli import main
+
+    (tmp_path / "my_data.py").write_text(python_block(ROOT / "README.md", "class ParquetData"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(__import__("sys").modules, "my_data", raising=False)
+    frame = pl.read_csv(separable_csv(tmp_path / "data.csv", rows=100))  # 60 training rows: 20 each for val and test
+    frame.write_parquet(tmp_path / "data.parquet")
+    args = ["fit", "--data", "my_data.ParquetData", "--data.path", str(tmp_path / "data.parquet")]
+    args += ["--data.batch_mode", mode, "--data.batch_size", "16", "--trainer.max_epochs", "2"]
+    main([*args, *QUIET, "--trainer.default_root_dir", str(tmp_path / "logs")])
+    ckpt = torch.load(tmp_path / "logs" / mode / "version_0/checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 2 * updates
+    state = ckpt["ParquetData"]
+    assert tuple(state["feature_names"]) == ("a", "b", "c") and state["label_name"] == "label"
+    assert ckpt["state_dict"]["linear.weight"].shape == (1, 3)

@@ -94,6 +94,13 @@ CSV_CASES = [
         r"d\.csv: no label column 'label'; the columns are a, b, c\.",
     ),
     (
+        "labels-all-zero",
+        {"d.csv": "a,b,label\n" + "".join(f"{i},{i % 7},0\n" for i in range(50))},
+        ["--data.dataset", "{root}/d.csv"],
+        r"d\.csv: all 50 rows have label 0 \(column 'label'\); a binary classifier needs rows of both classes, "
+        r"0 and 1\.",
+    ),
+    (
         "too-small-to-split",
         {"d.csv": "a,label\n1,0\n2,1\n"},
         ["--data.dataset", "{root}/d.csv"],
@@ -339,10 +346,12 @@ def test_a_momentum_that_makes_the_loss_diverge_is_named_with_the_learning_rate(
     args = ["--model.optimizer.momentum", "5", "--trainer.max_epochs", "10"]  # 5^t overflows float32 by t = 56
     code, line = run(fit_args(tmp_path, *args), capsys)
     assert code == 1
+    # stopped at the first NaN or inf, or at the first epoch whose mean loss is as good as infinite
+    diverged = r"the loss became (nan|inf) at epoch \d+, step \d+ \(batch \d+ of the epoch\)"
+    beyond = r"the mean training loss of epoch \d+ was \S+, beyond 87\.3, where .*"
     assert re.fullmatch(
-        r"error: training stopped: the loss became (nan|inf) at epoch \d+, step \d+ \(batch \d+ of the epoch\), "
-        r"under SGD with lr 0\.1, momentum 5; the updates grew without bound, which a smaller learning rate or "
-        r"momentum, or features on a smaller scale, prevent\.",
+        rf"error: training stopped: ({diverged}|{beyond}), under SGD with lr 0\.1, momentum 5; the updates grew "
+        r"without bound, which a smaller learning rate or momentum, or features on a smaller scale, prevent\.",
         line,
     ), line
 
@@ -486,6 +495,7 @@ def test_the_cli_prints_no_traceback_in_a_real_process(tmp_path):
     )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
+    assert "LightningCLI's args parameter" not in result.stderr  # the launcher hands it the command line
     assert (
         result.stderr.splitlines()[-1] == f"error: {bad}: labels in column 'label' must be 0 or 1, found 7 on line 3."
     )
@@ -574,3 +584,134 @@ def test_a_read_only_log_directory_is_named_in_one_line_and_earlier_runs_kept(
     code, line = run(fit_args(tmp_path, "--data.batch_mode", "full"), capsys)
     assert (code, line) == (1, f"error: {earlier_run / 'full' / 'version_1'}: Permission denied.")
     assert fingerprint(earlier_run) == before
+
+
+# --- configuration files ------------------------------------------------------------------------------------
+
+LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+)  # 9^9 = 387,420,489 lols in 600 bytes
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            LAUGHS,
+            "refused: its aliases (*name) expand 28 written nodes to 490,329,064, more than 100,000 and 10 times "
+            "the written ones; write the values out instead.",
+        ),
+        ("a: &a [1, *a]\n", "refused: an alias (*name) refers to a node that contains it, which never ends."),
+        (
+            "model:\n  lr: [1, 2\ntrainer: {\n",
+            "not valid YAML: did not find expected ',' or ']' on line 3, column 8 (while parsing a flow sequence "
+            "from line 2, column 7).",
+        ),
+        (
+            "model:\n\tlr: 1\n",  # a tab
+            "not valid YAML: found character that cannot start any token on line 2, column 1 (while scanning for "
+            "the next token from line 2, column 1).",
+        ),
+    ],
+    ids=["billion-laughs", "alias-into-itself", "unclosed-list", "tab"],
+)
+def test_a_config_file_that_cannot_be_read_ends_in_one_line_naming_it(tmp_path, capsys, text, message):
+    config = write(tmp_path, text, "config.yaml")
+    code, line = run(fit_args(tmp_path, "--config", config), capsys)
+    assert (code, line) == (1, f"error: {config}: {message}")
+    assert not (tmp_path / "logs").exists()
+
+
+def test_a_value_on_the_command_line_with_aliases_that_explode_is_not_expanded(tmp_path, capsys):
+    value = "{" + LAUGHS.replace("\n", ", ").rstrip(", ") + "}"
+    code, line = run(fit_args(tmp_path, "--model.optimizer", value), capsys)
+    assert code == 2 and len(line) < 2_100, line  # refused as a value the parser cannot read, and not walked
+
+
+def test_a_megabyte_value_is_not_echoed_whole(tmp_path, capsys):
+    config = write(tmp_path, "model:\n  lr: " + "x" * 1_000_000 + "\n", "config.yaml")
+    code, line = run(fit_args(tmp_path, "--config", config), capsys)
+    assert code == 2 and "xxxxxxxxxxxxxxxxxxxx... (1,000,000 characters)" in line and len(line) < 2_100, line
+
+
+# --- tracebacks turned into one line -----------------------------------------------------------------------
+
+
+def test_adam_with_a_learning_rate_whose_step_overflows_float32(tmp_path, capsys):
+    # torch.optim raises RuntimeError: Adam's first step is lr / (1 - beta1) = 1e39, beyond float32
+    code, line = run(fit_args(tmp_path, "--model.optimizer", "Adam", "--model.lr", "1e38"), capsys)
+    assert (code, line) == (
+        1,
+        "error: training stopped: an optimizer step overflowed float32 (value cannot be converted to type float "
+        "without overflow); the learning rate is far too large for the optimizer, which a smaller one prevents.",
+    )
+    assert not (tmp_path / "logs").exists()  # it failed before its first update: no run directory is left
+
+
+def test_a_full_disk_where_lightning_writes_names_the_directory_and_leaves_no_run(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from lightning.pytorch.loggers import tensorboard
+
+    def full(*args, **kwargs):  # as fsspec's close() fails on a full disk: an OSError naming no file
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(tensorboard, "save_hparams_to_yaml", full)  # the logger's hparams.yaml, after config.yaml
+    code, line = run(fit_args(tmp_path), capsys)
+    assert (code, line) == (
+        1,
+        f"error: {tmp_path / 'logs' / 'minibatch'}: cannot write the run's files (No space left on device).",
+    )
+    assert not (tmp_path / "logs").exists()  # config.yaml and the event file were removed with their directory
+
+
+def test_a_failed_run_keeps_its_directory_once_it_has_trained(tmp_path, capsys, monkeypatch):
+    fit = fit_args(tmp_path, "--data.batch_mode", "full")
+    main(fit)  # version_0, trained
+    original = LogisticRegression.training_step
+
+    def failing(self, batch, batch_idx):
+        if self.global_step == 1:  # after one update of its own
+            raise KeyboardInterrupt
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(LogisticRegression, "training_step", failing)
+    sigint = signal.getsignal(signal.SIGINT)  # Lightning ignores Ctrl+C while it shuts down
+    try:
+        with pytest.raises(SystemExit):
+            main(fit)
+        monkeypatch.setattr(LogisticRegression, "training_step", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(SystemExit):
+            main(fit)  # stopped before its first update: nothing of it is kept
+    finally:
+        signal.signal(signal.SIGINT, sigint)
+    assert sorted(p.name for p in (tmp_path / "logs" / "full").iterdir()) == ["version_0", "version_1"]
+    assert (tmp_path / "logs" / "full" / "version_1" / "config.yaml").is_file()
+
+
+def test_a_training_split_of_one_class_is_refused(tmp_path, capsys):
+    # 100 rows, labels 1 only on two rows the seed-42 split puts into validation: training is all 0
+    order = torch.randperm(100, generator=torch.Generator().manual_seed(42))
+    positive = set(order[60:62].tolist())
+    data = write(tmp_path, "a,b,label\n" + "".join(f"{i},{i % 7},{int(i in positive)}\n" for i in range(100)))
+    code, line = run(fit_args(tmp_path, "--data.dataset", data), capsys)
+    assert (code, line) == (
+        1,
+        f"error: {data}: the training split's 60 rows all have label 0 (column 'label', split by seed 42); a binary "
+        "classifier needs both classes to learn: use more rows of the other class, or another --data.seed.",
+    )
+    assert not (tmp_path / "logs").exists()
+
+
+def test_a_learning_rate_so_large_that_the_loss_diverges_yet_stays_finite(tmp_path, capsys):
+    code, line = run(fit_args(tmp_path, "--model.lr", "1e30"), capsys)  # val/loss was 4e26, and exit 0
+    assert code == 1
+    assert re.fullmatch(
+        r"error: training stopped: the mean training loss of epoch 0 was \S+e\+2\d, beyond 87\.3, where the "
+        r"probability given to the true labels underflows float32 \(as good as an infinite loss\), under SGD with "
+        r"lr 1e\+30, momentum 0; the updates grew without bound, which a smaller learning rate or momentum, or "
+        r"features on a smaller scale, prevent\.",
+        line,
+    ), line
+    (run_dir,) = (tmp_path / "logs" / "minibatch").iterdir()
+    assert not list(run_dir.glob("checkpoints/*.ckpt")) and "val/loss" not in scalars(run_dir)

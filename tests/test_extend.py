@@ -16,7 +16,7 @@ from lightning.pytorch.tuner import Tuner
 
 from logreg import MLP, LogisticRegression, TabularDataModule
 from logreg.cli import main
-from logreg.machinery.callbacks import BestCheckpoint, LastCheckpoint
+from logreg.machinery.callbacks import LastCheckpoint
 
 # 200 synthetic rows: 120 training rows, so minibatches of 16 give ceil(120 / 16) = 8 updates per epoch.
 TINY = ["--data.dataset", "synthetic", "--data.synthetic_rows", "200", "--data.synthetic_features", "3"]
@@ -39,12 +39,12 @@ def test_another_model_by_class_path_trains_resumes_and_predicts(tmp_path):
     ckpt = last_checkpoint(run)
     assert ckpt["state_dict"]["net.0.weight"].shape == (6, 3) and "linear.weight" not in ckpt["state_dict"]
     assert ckpt["hyper_parameters"]["_class_path"] == "logreg.models.MLP" and ckpt["hyper_parameters"]["hidden"] == 6
-    # --ckpt_path rebuilds the checkpoint's class and hyperparameters: no --model given here
-    resumed = fit(tmp_path, "--trainer.max_epochs", "3", "--ckpt_path", "last")
+    # --ckpt_path last takes the furthest run of the class given; the checkpoint rebuilds its hyperparameters
+    resumed = fit(tmp_path, "--model", "logreg.models.MLP", "--trainer.max_epochs", "3", "--ckpt_path", "last")
     assert yaml.safe_load((resumed / "config.yaml").read_text())["model"]["init_args"]["hidden"] == 6
     assert last_checkpoint(resumed)["global_step"] == 3 * 8
     out = tmp_path / "p.csv"
-    ckpt = str(resumed / "checkpoints" / "last.ckpt")
+    ckpt = str(resumed / "checkpoints" / "last.ckpt")  # a checkpoint's path: its class needs no --model
     main(
         [
             "predict",
@@ -264,11 +264,11 @@ def test_the_timed_last_checkpoint_waits_for_the_end_of_an_accumulated_update(tm
 
 
 def test_the_best_checkpoint_still_saves_every_n_train_steps_when_asked(tmp_path):
-    dm = TabularDataModule(dataset="synthetic", synthetic_rows=200, synthetic_features=3, batch_size=16)  # 8 batches
-    every_3 = BestCheckpoint(dirpath=tmp_path, filename="{step}", every_n_train_steps=3, save_top_k=-1)
-    trainer = L.Trainer(max_steps=7, callbacks=[every_3], logger=False, enable_progress_bar=False)
-    trainer.fit(LogisticRegression(num_features=3), datamodule=dm)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["step=3.ckpt", "step=6.ckpt"]
+    every_3 = ("--checkpoint.every_n_train_steps", "3", "--checkpoint.save_top_k", "-1", "--checkpoint.monitor", "null")
+    run = fit(
+        tmp_path, *every_3, "--checkpoint.filename", "step={step}", "--trainer.max_steps", "7"
+    )  # 8 batches an epoch
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt", "step=3.ckpt", "step=6.ckpt"]
 
 
 def test_a_default_fit_prints_no_warning(tmp_path):

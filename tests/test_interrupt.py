@@ -49,7 +49,7 @@ def trainer(tmp_path, **kwargs) -> L.Trainer:
     )
 
 
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_a_signal_saves_last_ckpt_at_the_current_step_and_exits_with_its_code(tmp_path, handlers, capsys, signum, code):
     model = SignalAt(signum, step=13)  # in epoch 1
     with pytest.raises(Interrupted) as stopped:
@@ -59,7 +59,7 @@ def test_a_signal_saves_last_ckpt_at_the_current_step_and_exits_with_its_code(tm
     saved = torch.load(path, weights_only=False)
     assert (saved["epoch"], saved["global_step"]) == (1, 14)  # the batch that got the signal was finished
     assert torch.equal(saved["state_dict"]["layer.weight"], model.layer.weight.detach())
-    name = "SIGINT (Ctrl+C)" if signum == signal.SIGINT else "SIGTERM"
+    name = "SIGINT (Ctrl+C)" if signum == signal.SIGINT else signal.Signals(signum).name
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"Stopped by {name} at epoch 1, step 14; saved {path}. Resume with --ckpt_path last (or --ckpt_path {path})."
     )
@@ -69,3 +69,86 @@ def test_without_a_signal_the_callback_changes_nothing(tmp_path, handlers):
     model = SignalAt(signal.SIGINT, step=-1)
     trainer(tmp_path).fit(model)
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 30
+
+
+FIT = [
+    *("fit", "--data.dataset", "synthetic", "--data.synthetic_rows", "200", "--data.synthetic_features", "3"),
+    *("--trainer.max_epochs", "5", "--trainer.enable_progress_bar", "false"),
+]
+
+
+def test_a_second_signal_stops_at_once_in_one_line(tmp_path, monkeypatch, capsys):
+    from logreg.cli import main
+    from logreg.models import LogisticRegression
+
+    original = LogisticRegression.training_step
+
+    def signalled_twice(self, batch, batch_idx):
+        if self.global_step == 10:  # the first is left for the batch end, the second stops at once
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(LogisticRegression, "training_step", signalled_twice)
+    with pytest.raises(SystemExit) as stopped:
+        main([*FIT, "--trainer.default_root_dir", str(tmp_path)])
+    assert stopped.value.code == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Stopped by" not in err
+    assert [line for line in err.splitlines() if line.startswith("error: ")] == [
+        "error: stopped at once by a second SIGINT (Ctrl+C), before the step could be saved; --ckpt_path last "
+        "resumes from the run's last save."
+    ]
+
+
+def test_a_signal_while_a_stopped_run_shuts_down_ends_it_quietly(tmp_path, monkeypatch, capsys):
+    from logreg.cli import main
+    from logreg.models import LogisticRegression
+
+    original, on_exception = LogisticRegression.training_step, LastCheckpoint.on_exception
+
+    def signalled(self, batch, batch_idx):
+        if self.global_step == 10:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, batch, batch_idx)
+
+    def signalled_again(self, trainer, pl_module, exception):  # Lightning's shutdown after the stop
+        os.kill(os.getpid(), signal.SIGINT)
+        on_exception(self, trainer, pl_module, exception)
+
+    monkeypatch.setattr(LogisticRegression, "training_step", signalled)
+    monkeypatch.setattr(LastCheckpoint, "on_exception", signalled_again)
+    with pytest.raises(SystemExit) as stopped:
+        main([*FIT, "--trainer.default_root_dir", str(tmp_path)])
+    assert stopped.value.code == 143  # the first signal's
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "error: " not in err
+    path = tmp_path / "minibatch" / "version_0" / "checkpoints" / "last.ckpt"
+    assert f"Stopped by SIGTERM at epoch 2, step 11; saved {path}." in err
+    assert torch.load(path, weights_only=True)["global_step"] == 11
+
+
+class SigtermInValidation(BoringModel):
+    """Sends itself SIGTERM while validating epoch ``epoch``: after the epoch's last training batch."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__()
+        self.at_epoch = epoch
+
+    def validation_step(self, batch, batch_idx):
+        if self.current_epoch == self.at_epoch and not self.trainer.sanity_checking:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().validation_step(batch, batch_idx)
+
+
+def test_sigterm_after_an_epochs_last_batch_saves_the_finished_epoch(tmp_path, handlers, capsys):
+    # Lightning itself stops for SIGTERM at the epoch's end, before another training batch could save
+    with pytest.raises(SystemExit):
+        trainer(tmp_path).fit(SigtermInValidation(epoch=1))
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    saved = torch.load(path, weights_only=False)
+    assert (saved["epoch"], saved["global_step"]) == (2, 20)  # epochs 0 and 1, whole
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"Stopped by SIGTERM at epoch 2, step 20; saved {path}. Resume with --ckpt_path last (or --ckpt_path {path})."
+    )
+    assert interrupt.stopping()  # the CLI ends quietly with the signal's code (see reported)

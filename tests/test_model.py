@@ -10,10 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import scalars
+from conftest import scalars, session_hparams
 from sklearn.linear_model import LogisticRegression as SklearnLogisticRegression
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.plugins.hparams import metadata as hparams_metadata
 from torch.utils.data import DataLoader, TensorDataset
 
 from logreg import MLP, ConfigError, LogisticRegression, TabularDataModule
@@ -117,6 +115,31 @@ def test_classes_given_in_python_are_saved_as_plain_data_and_rebuilt_on_load(tmp
     assert isinstance(loaded.configure_optimizers()["optimizer"], torch.optim.Adam)
 
 
+def test_a_trainers_checkpoint_of_python_given_classes_loads_weights_only_and_rebuilds_them(tmp_path):
+    model = LogisticRegression(
+        num_features=3,
+        optimizer=partial(torch.optim.Adam, betas=(0.5, 0.6)),
+        lr_scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=2),
+    )
+    quiet_trainer(max_steps=1).fit(model, datamodule=TabularDataModule(**SMALL))
+    model.trainer.save_checkpoint(tmp_path / "m.ckpt")
+    saved = torch.load(tmp_path / "m.ckpt", weights_only=True)["hyper_parameters"]  # plain data only
+    assert saved["optimizer"] == {"class_path": "torch.optim.adam.Adam", "init_args": {"betas": (0.5, 0.6)}}
+    assert saved["lr_scheduler"] == {"class_path": "torch.optim.lr_scheduler.StepLR", "init_args": {"step_size": 2}}
+    assert not any(key.startswith("_") for key in saved)  # no private key of Lightning's written by the model
+    config = LogisticRegression.load_from_checkpoint(tmp_path / "m.ckpt").configure_optimizers()
+    assert type(config["optimizer"]) is torch.optim.Adam and config["optimizer"].param_groups[0]["betas"] == (0.5, 0.6)
+    assert type(config["lr_scheduler"]["scheduler"]) is torch.optim.lr_scheduler.StepLR
+    assert config["lr_scheduler"]["scheduler"].step_size == 2
+
+
+def test_a_checkpoints_class_is_looked_up_among_imported_subclasses_only():
+    with pytest.raises(ConfigError, match=r"optimizer: os\.system is not an imported subclass of torch\.optim"):
+        LogisticRegression(num_features=2, optimizer={"class_path": "os.system"})
+    with pytest.raises(ConfigError, match=r"lr_scheduler: no_such_module\.Sched is not an imported subclass"):
+        LogisticRegression(num_features=2, lr_scheduler={"class_path": "no_such_module.Sched"})
+
+
 def test_epoch_loss_is_the_row_weighted_mean_of_the_step_losses(tmp_path):
     dm = TabularDataModule(dataset="synthetic", synthetic_rows=100, synthetic_features=3, batch_size=16)
     trainer = L.Trainer(
@@ -136,16 +159,6 @@ def test_epoch_loss_is_the_row_weighted_mean_of_the_step_losses(tmp_path):
     expected = sum(v * n for v, n in zip(steps, sizes, strict=True)) / n_train
     assert series["train/loss_epoch"][0][1] == pytest.approx(expected, rel=1e-6)
     assert expected != pytest.approx(sum(steps) / len(steps), rel=1e-6)  # an unweighted mean would differ
-
-
-def session_hparams(run_dir) -> dict:
-    """The hyperparameters a run wrote for TensorBoard's HPARAMS tab, read back from its event file."""
-    events = EventAccumulator(str(run_dir))
-    events.Reload()
-    content = events.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
-    assert hparams_metadata.EXPERIMENT_TAG not in content  # TensorBoard then builds it from every run
-    start = hparams_metadata.parse_session_start_info_plugin_data(content[hparams_metadata.SESSION_START_INFO_TAG])
-    return {name: getattr(value, value.WhichOneof("kind")) for name, value in start.hparams.items()}
 
 
 @pytest.mark.parametrize("batch_mode", ["full", "example", "minibatch"])

@@ -110,12 +110,45 @@ class NpzData(BatchModeDataModule):
 '''
 
 
+# A subclass of the template's base that takes only some of its arguments (Adam and no weight decay, fixed).
+DEEP_MODEL = """
+import torch
+
+from logreg.models import BinaryClassifier
+
+
+class Deep(BinaryClassifier):
+    \"\"\"Two hidden layers, Adam.
+
+    Args:
+        num_features: Inputs per row.
+        hidden: Units per hidden layer.
+        lr: Learning rate.
+    \"\"\"
+
+    def __init__(self, num_features: int, hidden: int = 8, lr: float = 0.01):
+        super().__init__(lr=lr, optimizer=torch.optim.Adam)
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(num_features, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, hidden),
+            torch.nn.Tanh(), torch.nn.Linear(hidden, 1),
+        )
+
+    def forward(self, x):
+        return self.net(x).squeeze(-1)
+"""
+
+
 @pytest.fixture
 def user_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The user's files, importable as modules ``user_data``, ``user_model`` and ``npz_data``."""
     code = tmp_path / "code"
     code.mkdir()
-    for name, text in (("user_data", PLAIN_DATA), ("user_model", PLAIN_MODEL), ("npz_data", NPZ_DATA)):
+    for name, text in (
+        ("user_data", PLAIN_DATA),
+        ("user_model", PLAIN_MODEL),
+        ("npz_data", NPZ_DATA),
+        ("deep", DEEP_MODEL),
+    ):
         (code / f"{name}.py").write_text(textwrap.dedent(text))
     monkeypatch.syspath_prepend(str(code))
     return tmp_path
@@ -152,13 +185,12 @@ def test_a_model_written_from_scratch_trains_resumes_and_predicts(user_code):
     logreg(user_code, "fit", *args, "--trainer.max_epochs", "3")
     first = last_ckpt(user_code, "full", 0)
     assert first["hyper_parameters"]["num_features"] == 3 and first["global_step"] == 3
-    # the model's class comes from the checkpoint, as for the template's own models
-    logreg(user_code, "fit", "--data.dataset", str(data), "--data.batch_mode", "full", "--trainer.max_epochs", "5",
-           "--ckpt_path", "last")  # fmt: skip
+    # the same command and --ckpt_path last, as for the template's own models: the run of the class given
+    logreg(user_code, "fit", *args, "--trainer.max_epochs", "5", "--ckpt_path", "last")
     resumed = last_ckpt(user_code, "full", 1)
     assert resumed["global_step"] == 5 and resumed["hyper_parameters"]["_class_path"] == "user_model.Logit"
     out = user_code / "p.csv"
-    logreg(user_code, "predict", *args[2:], "--ckpt_path", "last", "--prediction.output", str(out))
+    logreg(user_code, "predict", *args, "--ckpt_path", "last", "--prediction.output", str(out))
     rows = np.loadtxt(out, delimiter=",", skiprows=1)
     # by hand: the checkpoint's weights on the file's rows, standardised with the checkpoint's statistics
     x = np.loadtxt(data, delimiter=",", skiprows=1)[:, :3]
@@ -166,6 +198,22 @@ def test_a_model_written_from_scratch_trains_resumes_and_predicts(user_code):
     z = (x - stats["mean"].numpy()) / stats["std"].numpy() @ weights["linear.weight"].numpy()[0]
     expected = 1 / (1 + np.exp(-(z + weights["linear.bias"].numpy()[0])))
     np.testing.assert_allclose(rows[:, 1], expected, rtol=1e-5)
+
+
+def test_a_subclass_taking_only_some_of_the_bases_arguments_trains_and_resumes(user_code):
+    data = separable_csv(user_code / "data.csv", rows=100)
+    args = ["--model", "deep.Deep", "--model.lr", "0.02", "--data.dataset", str(data), "--data.batch_mode", "full"]
+    logreg(user_code, "fit", *args, "--trainer.max_epochs", "2")
+    first = last_ckpt(user_code, "full", 0)
+    assert {k: first["hyper_parameters"][k] for k in ("num_features", "hidden", "lr")} == {
+        "num_features": 3,
+        "hidden": 8,
+        "lr": 0.02,
+    }
+    (adam,) = first["optimizer_states"]  # the subclass's own choice, with the learning rate given
+    assert adam["param_groups"][0]["lr"] == 0.02 and "exp_avg" in adam["state"][0]
+    logreg(user_code, "fit", *args, "--trainer.max_epochs", "4", "--ckpt_path", "last")
+    assert last_ckpt(user_code, "full", 1)["global_step"] == 4
 
 
 @pytest.mark.parametrize(("mode", "updates"), [("full", 1), ("example", 60), ("minibatch", math.ceil(60 / 16))])

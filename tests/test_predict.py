@@ -200,3 +200,26 @@ def test_two_predictions_to_one_output_never_replace_each_others_file(trained, t
     assert out.read_text() == "the other run's predictions\n"
     kept = Path(message.rsplit(" is in ", 1)[1].rstrip("."))
     assert kept.parent == tmp_path and read_output(kept)[0].tolist() == list(range(60))  # this run's rows, whole
+
+
+def test_a_data_module_without_a_dataset_name_writes_predictions_csv(tmp_path):
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from logreg import LogisticRegression
+    from logreg.machinery.predict import PredictionWriter
+
+    class Rows(L.LightningDataModule):  # a user's own, with no hyperparameters at all
+        def predict_dataloader(self):
+            return DataLoader(TensorDataset(torch.linspace(-1, 1, 10).unsqueeze(1)), batch_size=4)
+
+    model = LogisticRegression(num_features=1)
+    with torch.no_grad():
+        model.linear.weight.fill_(2.0)
+    trainer = L.Trainer(
+        default_root_dir=tmp_path, callbacks=[PredictionWriter()], logger=False, enable_progress_bar=False
+    )
+    trainer.predict(model, datamodule=Rows())
+    rows, probs, _ = read_output(tmp_path / "predictions.csv")
+    assert rows.tolist() == list(range(10))
+    np.testing.assert_allclose(probs, torch.sigmoid(2 * torch.linspace(-1, 1, 10)).numpy(), rtol=1e-6)

@@ -12,7 +12,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import scalars
+import yaml
+from conftest import scalars, session_hparams
 
 from logreg.cli import main
 from logreg.machinery import loggers
@@ -152,22 +153,56 @@ def test_tensorboard_serves_the_runs_scalars_and_hyperparameters(tmp_path, tenso
         assert metrics["val/acc"] == pytest.approx(scalars(logs / run)["val/acc"][-1][1])
 
 
-def test_save_waits_for_the_event_writer_at_most_every_flush_secs_and_the_end_writes_all(tmp_path, monkeypatch):
-    clock = [0.0]
-    monkeypatch.setattr(loggers.time, "monotonic", lambda: clock[0])
-    logger = loggers.TensorBoardLogger(str(tmp_path), name="run", flush_secs=10)
-    flushed_at = []  # the clock at each flush, which waits until the writer's thread has written every event
-    flush = logger.experiment.flush
-    monkeypatch.setattr(logger.experiment, "flush", lambda: (flushed_at.append(clock[0]), flush()))
-    on_disk = {}  # clock -> steps of train/loss in the event file right after that flush
-    for step, now in enumerate([0.0, 5.0, 9.0, 10.0, 12.0]):
-        clock[0] = now
+def test_every_save_puts_the_curves_on_disk_as_lightnings_does_and_the_end_writes_all(tmp_path):
+    logger = loggers.TensorBoardLogger(str(tmp_path), name="run")
+    on_disk = []  # steps of train/loss in the event file right after each save
+    for step in range(5):
         logger.log_metrics({"train/loss": 1.0 / (step + 1)}, step=step)
-        logger.save()  # Lightning calls it after every write
-        if flushed_at and flushed_at[-1] == now:
-            on_disk[now] = [s for s, _ in scalars(Path(logger.log_dir))["train/loss"]]
-    assert flushed_at == [0.0, 10.0]
-    assert on_disk == {0.0: [0], 10.0: [0, 1, 2, 3]}
+        logger.save()  # Lightning calls it after every write; it waits until the writer's thread wrote it all
+        on_disk.append([s for s, _ in scalars(Path(logger.log_dir))["train/loss"]])
+    assert on_disk == [list(range(n + 1)) for n in range(5)]
     assert (Path(logger.log_dir) / "hparams.yaml").is_file()  # the first save wrote it, as Lightning's does
     logger.finalize("success")
     assert [s for s, _ in scalars(Path(logger.log_dir))["train/loss"]] == [0, 1, 2, 3, 4]
+
+
+def leaves(tree: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a/b': 1}."""
+    flat = {}
+    for key, value in tree.items():
+        flat.update(leaves(value, f"{prefix}{key}/") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return flat
+
+
+def test_the_hparams_tab_lists_every_hyperparameter_of_a_cli_run(tmp_path):
+    main(["fit", *TINY, *QUIET, "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs", "1"])
+    adam = ["--model.optimizer", "Adam", "--model.lr_scheduler", "StepLR", "--model.lr_scheduler.step_size", "2"]
+    main(["fit", *adam, *TINY, *QUIET, "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs", "1"])
+    for run, optimizer in (("version_0", "torch.optim.SGD"), ("version_1", "torch.optim.Adam")):
+        run_dir = tmp_path / "minibatch" / run
+        saved = leaves(yaml.safe_load((run_dir / "hparams.yaml").read_text()))  # the model's and the data's
+        tab = session_hparams(run_dir)
+        # every hyperparameter but Lightning's bookkeeping (the CLI's _instantiator), a non-scalar as its text
+        assert "_instantiator" in saved and len(tab) > 15
+        assert set(tab) == {key for key in saved if not key.startswith("_")}
+        for key, value in tab.items():
+            assert value == (saved[key] if isinstance(saved[key], int | float | str) else str(saved[key])), key
+        assert (tab["optimizer/class_path"], tab["batch_mode"], tab["synthetic_rows"]) == (optimizer, "minibatch", 200)
+    tab = session_hparams(tmp_path / "minibatch" / "version_1")
+    assert (tab["optimizer/init_args/betas"], tab["lr_scheduler/init_args/step_size"]) == ("[0.9, 0.999]", 2)
+    assert session_hparams(tmp_path / "minibatch" / "version_0")["lr_scheduler"] == "None"
+
+
+def test_a_stage_after_fit_on_the_same_logger_keeps_one_session_and_writes_its_metrics(tmp_path):
+    import lightning as L
+
+    from logreg import LogisticRegression, TabularDataModule
+
+    logger = loggers.TensorBoardLogger(str(tmp_path), name="run")
+    trainer = L.Trainer(max_epochs=1, logger=logger, enable_progress_bar=False, enable_checkpointing=False)
+    dm = TabularDataModule(dataset="synthetic", synthetic_rows=200, synthetic_features=3)
+    trainer.fit(LogisticRegression(num_features=3), datamodule=dm)  # ends by closing the event writer
+    trainer.test(trainer.lightning_module, datamodule=dm)  # logs the hyperparameters again, then test metrics
+    run_dir = Path(logger.log_dir)
+    assert session_hparams(run_dir)["synthetic_rows"] == 200
+    assert len(scalars(run_dir)["test/loss"]) == 1

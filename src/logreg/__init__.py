@@ -13,8 +13,10 @@ _EXPORTS = {
     "ConfigError": "logreg.machinery.errors",
     "DataError": "logreg.machinery.errors",
     "LogisticRegression": "logreg.models.logistic",
+    "Predictor": "logreg.predictor",
     "TabularDataModule": "logreg.data.tabular",
     "TensorBatches": "logreg.data.batches",
+    "load_predictor": "logreg.predictor",
 }
 __all__ = sorted(_EXPORTS)
 

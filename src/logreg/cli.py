@@ -22,23 +22,29 @@ from typing import Any
 import lightning as L
 from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from typing_extensions import override
 
 from logreg.machinery import interrupt
-from logreg.machinery.callbacks import BestCheckpoint, LastCheckpoint
+from logreg.machinery.callbacks import LastCheckpoint
 from logreg.machinery.checkpoint import (
+    RunKind,
     SavedRun,
     choose_last_checkpoint,
     claim_run_dir,
+    claimed_runs,
+    count_updates,
     read_checkpoint,
-    release_empty_run_dirs,
+    release_run_dirs,
 )
 from logreg.machinery.divergence import StopOnNonFiniteLoss
 from logreg.machinery.errors import DataError, raised_in, reporting
+from logreg.machinery.loggers import TensorBoardLogger
 from logreg.machinery.predict import PredictionWriter
 from logreg.machinery.preflight import check_epochs_left, logger_root, usage_problem
 from logreg.machinery.quiet import silence_harmless_messages
+from logreg.machinery.yaml_files import check_config_files, guard_jsonargparse
 
 DEFAULT_LOG_DIR = "lightning_logs"
 DEFAULT_MODEL = "logreg.models.LogisticRegression"
@@ -51,11 +57,15 @@ class LogRegCLI(LightningCLI):
     """LightningCLI with the template's defaults: a TensorBoard run per batch mode, best and last checkpoints."""
 
     saved: SavedRun | None = None  # what --ckpt_path holds, read before the classes are built
+    # Set before the classes are built: the template's logger or run directory, for the Trainer only, and the
+    # run directory claimed for this run, if any.
+    _trainer_kwargs: dict[str, Any]
+    _run_dir: Path | None
 
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data", "model.init_args.num_features", self._num_features, apply_on="instantiate")
-        parser.add_lightning_class_args(BestCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         # last.ckpt, to resume from, also saved when a signal stops training: --last_checkpoint.every_seconds sets
         # how much training a crash may lose.
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
@@ -81,6 +91,8 @@ class LogRegCLI(LightningCLI):
 
     @override
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        if args is None or isinstance(args, list):  # the parser's own message would not name a malformed file
+            check_config_files(sys.argv[1:] if args is None else args)
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
@@ -101,7 +113,10 @@ class LogRegCLI(LightningCLI):
             root = config.trainer.default_root_dir or DEFAULT_LOG_DIR
             logger = config.trainer.logger
             runs = Path(root) / _run_name(config.data) if logger in (None, True, False) else logger_root(logger)
-            last = choose_last_checkpoint(runs)
+            # The furthest run of the configured model class (the default one too: which class is resumed must not
+            # depend on which run went furthest) trained on this data; predict's rows are new ones.
+            data_args = None if subcommand == "predict" else config.data.init_args.as_dict()
+            last = choose_last_checkpoint(runs, RunKind(config.model.class_path, config.data.class_path, data_args))
             print(last.describe("resuming from" if subcommand == "fit" else "using"), file=sys.stderr)
             config.ckpt_path = str(last.path)
         self.saved = read_checkpoint(config.ckpt_path, data_key=config.data.class_path.rsplit(".", 1)[-1])
@@ -109,12 +124,6 @@ class LogRegCLI(LightningCLI):
     @override
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        callbacks = config.trainer.callbacks or []
-        if config.trainer.enable_progress_bar is not False and not any(
-            "ProgressBar" in c.class_path for c in callbacks
-        ):
-            # Lightning's default bar redraws at every step, which costs more than a small update (see ProgressBar).
-            config.trainer.callbacks = [*callbacks, Namespace(class_path="logreg.machinery.callbacks.ProgressBar")]
         if self.saved is not None and self.subcommand == "fit":
             check_epochs_left(config.trainer, self.saved)
         elif self.saved is None and self.subcommand in ("predict", "validate", "test"):
@@ -122,6 +131,11 @@ class LogRegCLI(LightningCLI):
             raise DataError(
                 f"{self.subcommand} needs a trained model: pass --ckpt_path CHECKPOINT (or --ckpt_path last)."
             )
+        # The template's bar, logger and run directory go to the Trainer as it is built (instantiate_trainer), not
+        # into the configuration: config.yaml records what the user chose, so rerunning it starts a new run (a
+        # logger pinned to version N would find N's config.yaml and refuse), and a bar written into it would
+        # contradict --trainer.enable_progress_bar false.
+        self._trainer_kwargs, self._run_dir = {}, None
         logger = config.trainer.logger
         if logger not in (None, True, False):
             return  # a configured logger picks its own directory
@@ -132,26 +146,32 @@ class LogRegCLI(LightningCLI):
         name = _run_name(config.data) if self.subcommand in (None, "fit") else self.subcommand
         version = None  # build_cli(run=False) runs nothing yet: the logger picks its version when first used
         if self.subcommand is not None:
-            run_dir = claim_run_dir(Path(root) / name)
+            run_dir = self._run_dir = claim_run_dir(Path(root) / name)
             version = int(run_dir.name.removeprefix("version_"))
             if logger is False:
-                config.trainer.default_root_dir = str(run_dir)
+                self._trainer_kwargs["default_root_dir"] = str(run_dir)
         if logger is not False:
-            config.trainer.logger = Namespace(
-                class_path="logreg.machinery.loggers.TensorBoardLogger",
-                init_args=Namespace(save_dir=root, name=name, version=version),
-            )
+            self._trainer_kwargs["logger"] = TensorBoardLogger(save_dir=root, name=name, version=version)
 
     @override
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        callbacks = list(config.trainer.callbacks or [])
+        if config.trainer.enable_progress_bar is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            # Lightning's default bar redraws at every step, which costs more than a small update. Added here, not
+            # to the config, so a run's config.yaml holds only the user's choices.
+            callbacks.append(TQDMProgressBar(refresh_rate=50))
         try:
-            return super().instantiate_trainer(**kwargs)
+            return super().instantiate_trainer(**{"callbacks": callbacks, **self._trainer_kwargs, **kwargs})
         except (ValueError, MisconfigurationException) as err:  # Lightning's verdict on the Trainer's flags
             self.parser.error(f"--trainer: {err}")
 
     @override
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
+        if self._run_dir is not None:  # updates of its own: a resumed run starts at the checkpoint's step
+            start = self.saved.global_step if self.saved is not None and self.subcommand == "fit" else 0
+            count_updates(self._run_dir, lambda: self.trainer.global_step - start)
         if self.subcommand != "predict":  # the writer's hooks would run at every training batch for nothing
             self.trainer.callbacks = [c for c in self.trainer.callbacks if not isinstance(c, PredictionWriter)]
         if self.saved is None:
@@ -180,6 +200,7 @@ def _run_name(data: Namespace) -> str:
 def build_cli(args: list[str] | None = None, run: bool = True) -> LogRegCLI:
     """The project's CLI with its defaults; ``run=False`` only builds the model, data module and Trainer."""
     silence_harmless_messages()
+    guard_jsonargparse()
     return LogRegCLI(
         L.LightningModule,
         L.LightningDataModule,
@@ -215,9 +236,11 @@ def main(args: list[str] | None = None) -> None:
     """Run the CLI on ``args`` (default: the command line), e.g. ``main(["fit", "--trainer.max_epochs", "5"])``."""
     with interrupt.reported():
         try:
-            reporting(build_cli, args, is_usage=is_usage_error)
-        finally:
-            release_empty_run_dirs()  # a run that failed before writing anything leaves no directory behind
+            reporting(build_cli, args, is_usage=is_usage_error, where=lambda: str(claimed_runs() or "") or None)
+        except BaseException:
+            release_run_dirs(failed=True)  # a run that failed before its first update leaves no directory behind
+            raise
+        release_run_dirs()
 
 
 if __name__ == "__main__":

@@ -2,20 +2,26 @@
 commands of the optional extras to theirs (``prepare``: ``logreg.streaming.prepare``, ``sweep``:
 ``logreg.sweep``), each imported only when used.
 
-Free of heavy imports itself: Ctrl+C or SIGTERM while torch and Lightning load (the first seconds of every
-run) ends in one line and exit code 130 or 143, not in an import traceback or a silent exit."""
+Free of heavy imports itself: Ctrl+C, SIGTERM or SIGHUP while torch and Lightning load (the first seconds of
+every run) ends in one line and exit code 130, 143 or 129, not in an import traceback or a silent exit."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import signal
 import sys
 from types import FrameType
 
-_NAMES = {signal.SIGINT: "SIGINT (Ctrl+C)", signal.SIGTERM: "SIGTERM"}
+_NAMES = {signal.SIGINT: "SIGINT (Ctrl+C)", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
 # Commands that are not Trainer methods: each has its own parser and reports its own mistakes in one line.
-EXTRA_COMMANDS = {"prepare": "logreg.streaming.prepare", "sweep": "logreg.sweep"}
+EXTRA_COMMANDS = {
+    "prepare": "logreg.streaming.prepare",
+    "sweep": "logreg.sweep",
+    "export": "logreg.serve.export",
+    "serve": "logreg.serve.server",
+}
 
 
 def main(args: list[str] | None = None) -> None:
@@ -41,4 +47,16 @@ def main(args: list[str] | None = None) -> None:
     finally:
         for signum, handler in earlier.items():
             signal.signal(signum, handler)
-    run(argv[1:] if module != "logreg.cli" else argv)
+    try:
+        run(argv[1:] if module != "logreg.cli" else argv)
+    finally:
+        if args is None:  # the process ends now: a signal while Python shuts down (joins threads) ends it at once
+            for signum in _NAMES:
+                signal.signal(signum, _exit_at_once)
+
+
+def _exit_at_once(signum: int, frame: FrameType | None) -> None:
+    with contextlib.suppress(Exception):  # what was printed is kept; a write under way may refuse a flush
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(128 + signum)

@@ -177,12 +177,31 @@ class BatchModeDataModule(L.LightningDataModule):
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.hparams.seed))
         bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, n)}
         self._raw = {stage: (table.x[order[a:b]], table.y[order[a:b]]) for stage, (a, b) in bounds.items()}
+        if stage == "fit":
+            self._check_both_classes(table, self._raw["train"][1])
         self.feature_names, self.label_name = list(table.feature_names), table.label_name
         if self.mean is None:  # a checkpoint restored later overrides these before any batch is served
             x_train = self._raw["train"][0]
             self.mean = x_train.mean(dim=0)
             std = x_train.std(dim=0)
             self.std = torch.where(std > 0, std, torch.ones_like(std))  # a constant column stays constant
+
+    def _check_both_classes(self, table: Table, train_y: torch.Tensor) -> None:
+        """Refuse labels of one class only, in the file or (by chance) in the training split: the model would
+        train to exit 0 and a meaningless AUROC of 0. A validation or test split of one class is left alone: a
+        tiny one (a benchmark's single row) is legitimate, and torchmetrics warns that its AUROC is undefined."""
+        column = f"column {table.label_name!r}" if table.label_name else "the labels"
+        if bool((table.y == table.y[0]).all()):
+            raise DataError(
+                f"{self.source}: all {len(table.y)} rows have label {table.y[0].item():g} ({column}); a binary "
+                "classifier needs rows of both classes, 0 and 1."
+            )
+        if bool((train_y == train_y[0]).all()):
+            raise DataError(
+                f"{self.source}: the training split's {len(train_y)} rows all have label {train_y[0].item():g} "
+                f"({column}, split by seed {self.hparams.seed}); a binary classifier needs both classes to learn: use "
+                "more rows of the other class, or another --data.seed."
+            )
 
     @property
     def source(self) -> str:

@@ -21,11 +21,11 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from typing_extensions import override
 
 from logreg.data import TabularDataModule
-from logreg.machinery.callbacks import ProgressBar
 from logreg.machinery.errors import DataError
 from logreg.machinery.loggers import TensorBoardLogger
 from logreg.models import LogisticRegression
@@ -110,8 +110,9 @@ class LossTrace(Callback):
 
     def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, epochs: float) -> None:
         began, seconds = time.perf_counter(), self._clock()
+        x, y = trainer.datamodule.split("train")
         with torch.no_grad():
-            loss, _ = pl_module._shared_step(trainer.datamodule.split("train"))
+            loss = F.binary_cross_entropy_with_logits(pl_module(x), y)  # the model's training loss, whole split
         step = trainer.global_step
         self.curve.append((step, epochs, seconds, loss.item()))
         self._next_evaluation = max(step + 1, math.ceil(step * self.growth))
@@ -179,8 +180,8 @@ def train_mode(
     trainer = L.Trainer(
         max_epochs=epochs,
         logger=logger,
-        # The project's bar: Lightning's default redraws at every update, which the seconds panel would count.
-        callbacks=[trace, ProgressBar()] if progress_bar else [trace],
+        # The CLI's bar: Lightning's default redraws at every update, which the seconds panel would count.
+        callbacks=[trace, TQDMProgressBar(refresh_rate=50)] if progress_bar else [trace],
         log_every_n_steps=1,
         enable_checkpointing=False,
         enable_progress_bar=progress_bar,

@@ -15,7 +15,7 @@ import contextlib
 import errno
 import io
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import IO, Any
 
@@ -60,10 +60,9 @@ class AtomicFile:
         self.what = what
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".partial")
+            fd, self.temp = _create_temporary(self.path)
         except OSError as err:
             raise write_error(self.path, err, what) from None
-        self.temp = Path(name)
         self.file: IO[Any] = os.fdopen(fd, "w", encoding="utf-8") if text else os.fdopen(fd, "wb")
 
     def __enter__(self) -> IO[Any]:
@@ -110,6 +109,20 @@ class AtomicFile:
         self.temp.unlink(missing_ok=True)
 
 
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """A new hidden file ``.NAME.XXXXXXXX.partial`` beside ``path``, opened for writing, and its path.
+
+    Created with mode 0o666 less the umask, as ``open()`` creates files: ``tempfile.mkstemp`` makes them 0o600,
+    which the rename would carry over, leaving checkpoints and predictions readable by their owner only.
+    """
+    while True:
+        temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
+        try:
+            return os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666), temp
+        except FileExistsError:  # another writer's temporary file: draw another name
+            continue
+
+
 def _link_new(temp: Path, path: Path) -> None:
     """Give ``temp``'s data the name ``path`` only if no file has it (FileExistsError otherwise), atomically."""
     try:
@@ -146,6 +159,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     writes (``ModelCheckpoint``, ``trainer.save_checkpoint``) then either replaces the earlier file whole or
     leaves it untouched. A full disk or a read-only directory raises :class:`WriteError` naming the file.
     Remote paths (``s3://...``) go to Lightning's fsspec writer unchanged.
+
+    What Lightning's own does not give: its local writer fills a temporary file in the system's temporary
+    directory and moves it, a copy when that is another filesystem, with no fsync, so a crash or a full disk
+    can leave a truncated file under the checkpoint's name; and a failed write ends in a traceback.
 
     Example:
         >>> import tempfile

@@ -8,7 +8,10 @@ instead of an unpickling traceback, and the model's ``num_features`` comes from 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
+import importlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,8 @@ class SavedRun:
         epochs_done: Training epochs completed when it was saved (a run resumed from it with ``max_epochs``
             at or below this has nothing left to train).
         global_step: Weight updates done when it was saved.
+        model_class: The model's class path as LightningCLI recorded it (None: not recorded).
+        data_class: The data module's class path as LightningCLI recorded it (None: not recorded).
     """
 
     path: Path
@@ -36,6 +41,8 @@ class SavedRun:
     data_state: dict[str, Any] | None = None
     epochs_done: int = 0
     global_step: int = 0
+    model_class: str | None = None
+    data_class: str | None = None
 
     @property
     def feature_names(self) -> list[str] | None:
@@ -73,8 +80,8 @@ def read_checkpoint(path: str | Path, data_key: str | None = None) -> SavedRun:
     hparams = checkpoint.get("hyper_parameters")
     num_features = hparams.get("num_features") if isinstance(hparams, dict) else None
     # The state of the data module it was trained with (LightningCLI records that class), else of ``data_key``'s
-    trained_with = (checkpoint.get("datamodule_hyper_parameters") or {}).get("_class_path")
-    data_key = trained_with.rsplit(".", 1)[-1] if isinstance(trained_with, str) else data_key
+    trained_with = _class_path(checkpoint.get("datamodule_hyper_parameters"))
+    data_key = trained_with.rsplit(".", 1)[-1] if trained_with is not None else data_key
     data = checkpoint.get(data_key) if data_key is not None else None
     data = data if isinstance(data, dict) else None
     _check_finite(path, checkpoint["state_dict"], "weights")
@@ -85,7 +92,14 @@ def read_checkpoint(path: str | Path, data_key: str | None = None) -> SavedRun:
         data,
         epochs_done=_epochs_done(checkpoint),
         global_step=int(checkpoint.get("global_step", 0)),
+        model_class=_class_path(hparams),
+        data_class=trained_with,
     )
+
+
+def _class_path(hparams: Any) -> str | None:
+    found = hparams.get("_class_path") if isinstance(hparams, dict) else None
+    return found if isinstance(found, str) else None
 
 
 def _epochs_done(checkpoint: dict[str, Any]) -> int:
@@ -111,6 +125,57 @@ def _check_finite(path: Path, tensors: Any, what: str) -> None:
 
 
 @dataclass(frozen=True)
+class RunKind:
+    """What ``--ckpt_path last`` looks for: runs of this model class trained on this data.
+
+    Attributes:
+        model: The model's class path (LightningCLI records the checkpoint's as ``hyper_parameters._class_path``).
+        data: The data module's class path (recorded as ``datamodule_hyper_parameters._class_path``).
+        data_args: The data module's arguments a run must have been trained with (recorded beside its class);
+            None: any data (``predict``, whose rows are new ones).
+
+    Example:
+        >>> wanted = RunKind("logreg.models.MLP", "logreg.data.TabularDataModule", {"dataset": "banknote"})
+        >>> wanted.mismatch({"_class_path": "logreg.models.LogisticRegression"}, {})
+        'model LogisticRegression'
+        >>> wanted.mismatch({"_class_path": "logreg.models.MLP"}, {"dataset": "spam.csv"})
+        "data.dataset 'spam.csv' (here 'banknote')"
+    """
+
+    model: str
+    data: str
+    data_args: dict[str, Any] | None = None
+
+    def mismatch(self, hparams: Any, data_hparams: Any) -> str | None:
+        """Why a checkpoint with these recorded hyperparameters is not such a run; None when it is one."""
+        hparams = hparams if isinstance(hparams, dict) else {}
+        data_hparams = data_hparams if isinstance(data_hparams, dict) else {}
+        model = hparams.get("_class_path")  # none: trained outside LightningCLI, LightningCLI builds ours from it
+        if isinstance(model, str) and not _same_class(model, self.model):
+            return f"model {model.rsplit('.', 1)[-1]}"
+        if self.data_args is None:
+            return None
+        data = data_hparams.get("_class_path")
+        if isinstance(data, str) and not _same_class(data, self.data):
+            return f"data module {data.rsplit('.', 1)[-1]}"
+        for key, value in self.data_args.items():
+            if key in data_hparams and data_hparams[key] != value:
+                return f"data.{key} {data_hparams[key]!r} (here {value!r})"
+        return None
+
+
+def _same_class(a: str, b: str) -> bool:
+    """Whether two class paths name one class (``logreg.MLP`` and ``logreg.models.MLP`` do)."""
+    if a == b:
+        return True
+    try:
+        classes = [getattr(importlib.import_module(path.rsplit(".", 1)[0]), path.rsplit(".", 1)[1]) for path in (a, b)]
+    except (ImportError, AttributeError, ValueError, IndexError):
+        return False
+    return classes[0] is classes[1]
+
+
+@dataclass(frozen=True)
 class LastRun:
     """The ``last.ckpt`` that ``--ckpt_path last`` resumes from, and why that one.
 
@@ -118,8 +183,10 @@ class LastRun:
         path: The chosen ``last.ckpt``.
         epoch: Its epoch (Lightning's ``current_epoch`` when it was saved).
         global_step: Its weight updates so far.
-        candidates: How many runs' ``last.ckpt`` files were compared.
+        candidates: How many runs' ``last.ckpt`` files of the wanted kind were compared.
         unreadable: Paths of candidates that could not be read (truncated by a crash, say), left out.
+        others: How many runs of another model or data were left out.
+        kind: What was looked for, in words (``of LogisticRegression on the same data``).
     """
 
     path: Path
@@ -127,6 +194,8 @@ class LastRun:
     global_step: int
     candidates: int
     unreadable: tuple[Path, ...] = ()
+    others: int = 0
+    kind: str = ""
 
     def describe(self, use: str = "resuming from") -> str:
         """One line saying which file is used (resumed from, evaluated, ...), for the console."""
@@ -135,35 +204,63 @@ class LastRun:
             if self.unreadable
             else ""
         )
+        others = f" ({self.others} of another model or data left out)" if self.others else ""
+        kind = f" {self.kind}" if self.kind else ""
         return (
             f"--ckpt_path last: {use} {self.path} (epoch {self.epoch}, step {self.global_step}), the most "
-            f"training progress among {self.candidates} run{'s' if self.candidates != 1 else ''}{skipped}."
+            f"training progress among {self.candidates} run{'s' if self.candidates != 1 else ''}{kind}{others}"
+            f"{skipped}."
         )
 
 
-def find_last_checkpoint(runs: Path) -> Path:
+def find_last_checkpoint(runs: Path, wanted: RunKind | None = None) -> Path:
     """The path of :func:`choose_last_checkpoint`'s choice."""
-    return choose_last_checkpoint(runs).path
+    return choose_last_checkpoint(runs, wanted).path
 
 
-def choose_last_checkpoint(runs: Path) -> LastRun:
-    """The ``runs/version_N/checkpoints/last.ckpt`` with the most training progress.
+def choose_last_checkpoint(runs: Path, wanted: RunKind | None = None) -> LastRun:
+    """The ``runs/version_N/checkpoints/last.ckpt`` of a ``wanted`` run (any run: None) with the most training
+    progress.
 
     Progress is the global step, then the epoch; of equal ones the newest file wins (then the highest
     version). The newest run is not always the furthest one: a short finished run started after a long
-    killed one would otherwise be resumed, silently dropping the longer run's work.
+    killed one would otherwise be resumed, silently dropping the longer run's work. Nor is the furthest run of
+    another model or data the one meant: runs of an MLP and of a logistic regression share a batch mode's
+    directory, and so do runs on different datasets.
     """
     found = []
     unreadable = []
+    others: list[tuple[Path, str]] = []
     for path in runs.glob("version_*/checkpoints/last.ckpt"):
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             progress = (int(checkpoint["global_step"]), int(checkpoint["epoch"]))
+            why_not = None
+            if wanted is not None:
+                hparams = checkpoint.get("hyper_parameters"), checkpoint.get("datamodule_hyper_parameters")
+                why_not = wanted.mismatch(*hparams)
         except Exception:  # truncated or foreign: resuming from it would fail; the others may do
             unreadable.append(path)
             continue
+        if why_not is not None:
+            others.append((path.parent.parent, why_not))
+            continue
         found.append((*progress, path.stat().st_mtime_ns, _version(path.parent.parent.name), path))
+    kind = (
+        ""
+        if wanted is None
+        else f"of {wanted.model.rsplit('.', 1)[-1]}" + (" on the same data" if wanted.data_args is not None else "")
+    )
     if not found:
+        if others:
+            listed = "; ".join(
+                f"{run.name}: {why}" for run, why in sorted(others, key=lambda o: _version(o[0].name))[:3]
+            )
+            more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+            raise DataError(
+                f"--ckpt_path last: no run under {runs} {kind} ({listed}{more}); choose the model with --model and "
+                "the data with the same --data arguments, or pass the checkpoint's path as --ckpt_path."
+            )
         if unreadable:
             raise DataError(
                 f"--ckpt_path last: no readable last.ckpt under {runs}/version_*/checkpoints; "
@@ -171,7 +268,7 @@ def choose_last_checkpoint(runs: Path) -> LastRun:
             )
         raise DataError(f"--ckpt_path last: no last.ckpt under {runs}/version_*/checkpoints.")
     step, epoch, *_, path = max(found)
-    return LastRun(path, epoch, step, len(found) + len(unreadable), tuple(sorted(unreadable)))
+    return LastRun(path, epoch, step, len(found) + len(unreadable), tuple(sorted(unreadable)), len(others), kind)
 
 
 def claim_version(runs: Path) -> int:
@@ -196,26 +293,67 @@ def claim_version(runs: Path) -> int:
             version += 1
 
 
-_claims: list[tuple[Path, list[Path]]] = []  # run directories claimed by this process, with parents made for them
+@dataclass
+class _Claim:
+    path: Path  # runs/version_N
+    made: list[Path]  # its parents made for it, innermost first
+    updates: Callable[[], int] = lambda: 0  # weight updates the run has made in it so far
+
+
+_claims: list[_Claim] = []  # run directories claimed by this process
+# What every run writes as it starts, before its first update: the resolved configuration, the logger's
+# hyperparameters and its event file. A failed run that made no update holds nothing else worth keeping.
+START_UP_FILES = ("config.yaml", "hparams.yaml", "events.out.tfevents.*")
 
 
 def claim_run_dir(runs: Path) -> Path:
-    """:func:`claim_version`'s ``runs/version_N``, remembered so that :func:`release_empty_run_dirs` removes it
-    (and the parents made for it) if the run fails before writing anything into it."""
+    """:func:`claim_version`'s ``runs/version_N``, remembered so that :func:`release_run_dirs` removes it (and
+    the parents made for it) if the run leaves nothing in it, or fails before its first weight update."""
     new = [d for d in (runs, runs.parent) if not d.exists()]
     path = runs / f"version_{claim_version(runs)}"
-    _claims.append((path, new))
+    _claims.append(_Claim(path, new))
     return path
 
 
-def release_empty_run_dirs() -> None:
-    """Remove the run directories claimed so far that stayed empty, and their parents made for them."""
+def count_updates(path: Path, updates: Callable[[], int]) -> None:
+    """Tell :func:`release_run_dirs` how to count the weight updates a run made in its claimed ``path``."""
+    for claim in _claims:
+        if claim.path == path:
+            claim.updates = updates
+
+
+def claimed_runs() -> Path | None:
+    """The directory of the run directory claimed last (``runs`` of ``runs/version_N``), if any."""
+    return _claims[-1].path.parent if _claims else None
+
+
+def release_run_dirs(failed: bool = False) -> None:
+    """Remove the run directories claimed so far that stayed empty, and those of a ``failed`` run that made no
+    weight update and holds only its start-up files (:data:`START_UP_FILES`), with their parents made for them.
+
+    A run that failed at its start (a data file refused in ``setup``, a full disk, Ctrl+C while it loads) would
+    otherwise leave a ``version_N`` with a ``config.yaml`` that looks like a run."""
     while _claims:
-        path, new = _claims.pop()
+        claim = _claims.pop()
         with contextlib.suppress(OSError):  # not empty: the run wrote something worth keeping
-            path.rmdir()
-            for directory in new:
+            if failed and claim.updates() <= 0:
+                _remove_start_up_files(claim.path)
+            claim.path.rmdir()
+            for directory in claim.made:
                 directory.rmdir()
+
+
+def _remove_start_up_files(path: Path) -> None:
+    """Remove ``path``'s start-up files and empty directories, if it holds nothing else."""
+    entries = list(path.iterdir())
+    files = [e for e in entries if e.is_file() and any(fnmatch.fnmatch(e.name, p) for p in START_UP_FILES)]
+    empty = [e for e in entries if e.is_dir() and not any(e.iterdir())]
+    if len(files) + len(empty) < len(entries):
+        return
+    for file in files:
+        file.unlink()
+    for directory in empty:
+        directory.rmdir()
 
 
 def _version(name: str) -> int:

@@ -7,6 +7,7 @@ Trainer flag Lightning refuses), without a traceback. Anything else is a bug, an
 
 from __future__ import annotations
 
+import errno
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, TypeVar
@@ -27,7 +28,7 @@ class WriteError(RuntimeError):
 
 
 class NonFiniteLossError(ArithmeticError):
-    """The training loss became NaN or infinite; the message names the epoch and step."""
+    """The training loss became NaN or infinite, or as good as infinite; the message names the epoch (and step)."""
 
 
 USER_ERRORS = (DataError, ConfigError, WriteError, NonFiniteLossError)
@@ -59,8 +60,12 @@ def raised_in(err: BaseException, package: str) -> bool:
     return tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).startswith(package + ".")
 
 
+# A write that failed for want of room or permission: the disk or the quota is full, the filesystem read-only.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+
+
 def user_message(
-    err: BaseException, is_usage: Callable[[BaseException], bool] = lambda e: False
+    err: BaseException, is_usage: Callable[[BaseException], bool] = lambda e: False, where: str | None = None
 ) -> tuple[str, int] | None:
     """The one-line message and exit code for an exception the user's input caused; None for anything else.
 
@@ -68,6 +73,7 @@ def user_message(
         err: The exception.
         is_usage: Whether an exception (of ``err``'s chain) is a mistake in the command line or the flags
             (exit code 2); each command knows its parser's and framework's types.
+        where: The directory the command writes into, named when a write fails without saying which file.
     """
     chain = list(causes(err))
     for e in chain:
@@ -78,11 +84,46 @@ def user_message(
     io_error = next((e for e in chain if isinstance(e, OSError) and e.filename), None)
     if io_error is not None:  # a directory that cannot be written (read-only, full), met outside the atomic writers
         return f"{io_error.filename}: {io_error.strerror or io_error}.", 1
+    full = next((e for e in chain if isinstance(e, OSError) and e.errno in WRITE_ERRNOS), None)
+    if full is not None:  # Lightning's own files (hparams.yaml, logs) are closed through fsspec, which names none
+        return f"{where or 'the output directory'}: cannot write the run's files ({full.strerror or full}).", 1
+    overflow = next((e for e in chain if type(e) is RuntimeError and raised_in(e, "torch.optim")), None)
+    if overflow is not None and "overflow" in str(overflow):
+        # torch.optim raises on a step beyond float32's range (Adam's first steps are lr / (1 - beta1)), where a
+        # smaller one makes the weights infinite, which StopOnNonFiniteLoss reports: the same mistake, one line.
+        return (
+            f"training stopped: an optimizer step overflowed float32 ({one_line(overflow)}); the learning rate is "
+            "far too large for the optimizer, which a smaller one prevents.",
+            1,
+        )
     return None
 
 
+MAX_WORD, MAX_MESSAGE = 200, 2_000  # characters of one quoted value, and of a whole message
+
+
+def shorten(message: str) -> str:
+    """``message`` with each word (a run without spaces: a quoted value, a path) of more than ``MAX_WORD``
+    characters cut, saying how long it was, and the whole cut at ``MAX_MESSAGE``: a message quotes the value
+    it refuses, which may be a megabyte long.
+
+    >>> shorten("lr: expected a float, got " + "x" * 5000 + " in a.yaml.")
+    'lr: expected a float, got xxxxxxxxxxxxxxxxxxxx... (5,000 characters) in a.yaml.'
+    """
+
+    def cut(word: str) -> str:
+        return word if len(word) <= MAX_WORD else f"{word[:20]}... ({len(word):,} characters)"
+
+    text = " ".join(cut(word) for word in message.split(" "))
+    return (
+        text if len(text) <= MAX_MESSAGE else f"{text[:MAX_MESSAGE]}... ({len(text) - MAX_MESSAGE:,} more characters)."
+    )
+
+
 def exit_with(message: str, code: int) -> NoReturn:
-    """Exit with ``code`` after ``error: <message>`` on stderr (for code 1, as ``SystemExit``'s own message)."""
+    """Exit with ``code`` after ``error: <message>`` on stderr (for code 1, as ``SystemExit``'s own message), its
+    long values cut (see :func:`shorten`)."""
+    message = shorten(message)
     if code == 1:
         raise SystemExit(f"error: {message}") from None
     print(f"error: {message}", file=sys.stderr)
@@ -90,14 +131,18 @@ def exit_with(message: str, code: int) -> NoReturn:
 
 
 def reporting(
-    run: Callable[..., T], *args: Any, is_usage: Callable[[BaseException], bool] = lambda e: False, **kwargs: Any
+    run: Callable[..., T],
+    *args: Any,
+    is_usage: Callable[[BaseException], bool] = lambda e: False,
+    where: Callable[[], str | None] = lambda: None,
+    **kwargs: Any,
 ) -> T:
     """``run(*args, **kwargs)``, with a mistake of the user's ending in one line and its exit code (see
-    :func:`user_message`)."""
+    :func:`user_message`; ``where`` says which directory the command writes into)."""
     try:
         return run(*args, **kwargs)
     except Exception as err:
-        found = user_message(err, is_usage)
+        found = user_message(err, is_usage, where())
         if found is None:
             raise
         exit_with(*found)

@@ -1,40 +1,33 @@
-"""TensorBoard with an HPARAMS tab that compares every run, without a placeholder metric, flushed every
-``flush_secs`` rather than after every write.
+"""TensorBoard with an HPARAMS tab that compares every run, without a placeholder metric.
 
 Lightning's ``TensorBoardLogger`` fills the HPARAMS tab only together with metric values: a placeholder
 ``hp_metric`` of -1, or values written at step 0 that would start every curve at a made-up point. This
 logger writes only the run's hyperparameters there; TensorBoard then offers every scalar tag of the runs
 (``val/loss``, ``val/acc``, ...) as a metric column, showing its last value.
-
-Lightning calls the logger's ``save()`` after every write of metrics, and Lightning's TensorBoard logger
-flushes there, which waits until the writer's thread has written every queued event: about 0.5 ms, as long
-as a small weight update, at every logged step or full-batch epoch. The thread writes each event to the file
-as it comes, and flushes by itself every ``flush_secs``; this logger's ``save()`` waits for it at most that
-often, and the end of fit (finished, failed or stopped by a signal) writes the rest.
 """
 
 from __future__ import annotations
 
-import time
 from argparse import Namespace
+from collections.abc import Mapping
 from typing import Any
 
-from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
-from lightning.pytorch.loggers import TensorBoardLogger as _TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 from typing_extensions import override
 
 
-class TensorBoardLogger(_TensorBoardLogger):
-    """Lightning's TensorBoard logger, whose ``log_hyperparams`` also fills the HPARAMS tab, and whose ``save``
-    waits for the event writer at most every ``flush_secs``.
+class TensorBoardLogger(LightningTensorBoardLogger):
+    """Lightning's TensorBoard logger, whose ``log_hyperparams`` also fills the HPARAMS tab.
+
+    What Lightning's own does not give: with ``default_hp_metric=False`` its HPARAMS tab stays empty, and
+    otherwise it lists every run against a made-up ``hp_metric`` of -1. Here every hyperparameter of the model
+    and the data is a column, and every logged scalar (``val/loss``, ``val/acc``, ...) a metric to sort by.
 
     Args:
         save_dir: Directory of the runs.
         name: Subdirectory of this kind of run (the CLI uses the batch mode).
-        flush_secs: Seconds between two flushes of the event file (TensorBoard reads it every 30 s); a process
-            killed without warning loses at most that much of its curves.
         **kwargs: Any other argument of Lightning's ``TensorBoardLogger`` (``version``, ``sub_dir``, ...).
 
     Example:
@@ -42,18 +35,9 @@ class TensorBoardLogger(_TensorBoardLogger):
         'full'
     """
 
-    def __init__(self, save_dir: str, name: str = "lightning_logs", flush_secs: float = 10.0, **kwargs: Any) -> None:
-        super().__init__(save_dir, name=name, default_hp_metric=False, flush_secs=flush_secs, **kwargs)
-        self.flush_secs = flush_secs
-        self._flush_due = float("-inf")  # the first save() also writes hparams.yaml, as Lightning's does
-
-    @override
-    @rank_zero_only
-    def save(self) -> None:
-        now = time.monotonic()
-        if now >= self._flush_due:
-            self._flush_due = now + self.flush_secs
-            super().save()
+    def __init__(self, save_dir: str, name: str = "lightning_logs", **kwargs: Any) -> None:
+        super().__init__(save_dir, name=name, default_hp_metric=False, **kwargs)
+        self._session_written = False  # the HPARAMS tab's session start, written at the first log_hyperparams
 
     @override
     @rank_zero_only
@@ -61,10 +45,28 @@ class TensorBoardLogger(_TensorBoardLogger):
         self, params: dict[str, Any] | Namespace, metrics: dict[str, Any] | None = None, step: int | None = None
     ) -> None:
         super().log_hyperparams(params, metrics, step)  # hparams.yaml, and the tab when metrics are given
-        if metrics is not None:
+        if metrics is not None or self._session_written:  # once: a later stage's writer may be closed already
             return
-        # Lightning's own bookkeeping entries (the CLI's instantiator) start with "_" and say nothing about the run.
-        flat = {k: v for k, v in _flatten_dict(_convert_params(params)).items() if not k.startswith("_")}
         # Only the session start: with no experiment summary, TensorBoard builds one from all runs.
-        _, session_start, _ = hparams_summary(self._sanitize_params(flat), {})
-        self.experiment._get_file_writer().add_summary(session_start)
+        _, session_start, _ = hparams_summary(flat_hparams(self.hparams), {})
+        self.experiment.file_writer.add_summary(session_start)  # SummaryWriter.add_hparams writes it so too
+        self._session_written = True
+
+
+def flat_hparams(params: Mapping[str, Any] | Namespace, prefix: str = "") -> dict[str, bool | int | float | str]:
+    """Nested hyperparameters as TensorBoard's HPARAMS tab takes them: ``a/b`` keys, and any value that is not a
+    number, a bool or a string as its text. Lightning's own bookkeeping entries (the CLI's ``_class_path`` and
+    ``_instantiator``) start with ``_`` and say nothing about the run: they are left out.
+
+    >>> flat_hparams({"lr": 0.1, "optimizer": {"class_path": "torch.optim.SGD"}, "columns": None})
+    {'lr': 0.1, 'optimizer/class_path': 'torch.optim.SGD', 'columns': 'None'}
+    """
+    flat: dict[str, bool | int | float | str] = {}
+    for key, value in (vars(params) if isinstance(params, Namespace) else params).items():
+        if str(key).startswith("_"):
+            continue
+        if isinstance(value, Mapping | Namespace):
+            flat.update(flat_hparams(value, f"{prefix}{key}/"))
+        else:
+            flat[f"{prefix}{key}"] = value if type(value) in (bool, int, float, str) else str(value)
+    return flat

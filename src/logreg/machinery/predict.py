@@ -28,12 +28,14 @@ class PredictionWriter(Callback):
     existing file is never replaced, and the input never: of two runs writing the same output, the second
     to finish keeps its rows in its hidden file and says so.
 
-    A plain callback rather than Lightning's ``BasePredictionWriter``: that one looks up sampler indices,
-    which batches sliced from tensors do not have (it warns on every run), and the row order is known anyway.
+    What Lightning's own does not give: its ``BasePredictionWriter`` writes nothing by itself (a subclass
+    writes each batch its own way) and looks up sampler indices, which batches sliced from tensors do not have
+    (it warns on every run); this one writes the CSV, in input order, atomically, and never over a file.
 
     Args:
-        output: The CSV file to write; default ``<input name>.predictions.csv`` in the prediction run's
-            directory (``lightning_logs/predict/version_N/``).
+        output: The CSV file to write; default ``<input name>.predictions.csv`` (the data module's ``dataset``
+            hyperparameter; ``predictions.csv`` for one without) in the prediction run's directory
+            (``lightning_logs/predict/version_N/``).
         threshold: Probability from which the prediction is 1.
 
     Example:
@@ -55,20 +57,21 @@ class PredictionWriter(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "predict" or not trainer.is_global_zero:
             return
-        # named after the input file where the data module says which ("dataset"), else plain "predictions"
-        dataset = str(getattr(trainer.datamodule, "hparams", {}).get("dataset") or "predictions")
-        self.path = self._resolve(trainer, dataset)
+        # The input's name, where the data module has one (TabularDataModule's dataset): banknote.predictions.csv
+        dataset = getattr(trainer.datamodule, "hparams", {}).get("dataset")
+        self.path = self._resolve(trainer, str(dataset) if dataset is not None else None)
         self._file = AtomicFile(self.path, text=True, what="predictions file")
         self._file.write(HEADER + "\n")
         self._rows = 0
 
-    def _resolve(self, trainer: L.Trainer, dataset: str) -> Path:
-        source = Path(dataset)
+    def _resolve(self, trainer: L.Trainer, dataset: str | None) -> Path:
+        source = Path(dataset) if dataset is not None else None
         if self.output is not None:
             path = Path(self.output)
         else:
-            path = Path(trainer.log_dir or ".") / f"{source.stem}.predictions.csv"  # banknote: banknote.predictions.csv
-        if source.is_file() and path.resolve() == source.resolve():
+            name = f"{source.stem}.predictions.csv" if source is not None else "predictions.csv"
+            path = Path(trainer.log_dir or ".") / name
+        if source is not None and source.is_file() and path.resolve() == source.resolve():
             raise DataError(f"{path}: is the input file; choose another output for the predictions.")
         if path.exists():
             raise DataError(f"{path}: already exists; remove it or choose another output for the predictions.")

@@ -61,7 +61,10 @@ def check_epochs_left(trainer: Namespace, saved: SavedRun) -> None:
 
 
 def logger_root(logger: Any) -> Path:
-    """The directory holding a configured logger's version_N runs (save_dir/name, as TensorBoard and CSV use)."""
+    """The directory holding a configured logger's version_N runs (save_dir/name, as TensorBoard and CSV use);
+    of several loggers the first one's, where Lightning puts the checkpoints."""
+    if isinstance(logger, list) and logger:
+        logger = logger[0]
     init = getattr(logger, "init_args", None)
     if init is None or init.get("save_dir") is None or init.get("name") is None:
         raise DataError("--ckpt_path last needs a logger with save_dir and name; pass the checkpoint's path instead.")

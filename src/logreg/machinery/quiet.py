@@ -10,6 +10,8 @@ import re
 import warnings
 
 HARMLESS_WARNINGS = (
+    # `logreg` (launch.py) hands the command line to LightningCLI as its args on purpose; nothing is mixed up.
+    r"LightningCLI's args parameter is intended to run from within Python like if it were from the command line\.",
     # Lightning's own pytree helper calls a torch API that torch deprecated; nothing in a user's code does.
     re.escape(
         "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec) and treespec.is_leaf()` instead."
@@ -24,7 +26,13 @@ HARMLESS_WARNINGS = (
 HARMLESS_LOG_LINES = (
     # An advertisement for a cloud service, printed at every run.
     "💡 Tip: For seamless cloud logging and experiment tracking, try installing [litlogger]",
+    # A signal's stop is said in one line of ours, naming the signal and what was saved; Lightning's notices of
+    # it (that it saw SIGTERM, and that it shuts down after a KeyboardInterrupt, whatever the signal) add lines.
+    "\nDetected KeyboardInterrupt, attempting graceful shutdown",
+    "[rank: 0] Received SIGTERM:",
 )
+# Lightning's loggers that write those lines: its rank-zero messages, and its signal handling.
+LIGHTNING_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.trainer.connectors.signal_connector")
 
 
 class _DropLines(logging.Filter):
@@ -36,6 +44,7 @@ def silence_harmless_messages() -> None:
     """Hide the messages above; safe to call more than once."""
     for pattern in HARMLESS_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
-    rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if not any(isinstance(f, _DropLines) for f in rank_zero_log.filters):
-        rank_zero_log.addFilter(_DropLines())
+    for name in LIGHTNING_LOGGERS:
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _DropLines) for f in log.filters):
+            log.addFilter(_DropLines())

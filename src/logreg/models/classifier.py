@@ -12,7 +12,9 @@ but computes log(sigmoid(z)) stably, so it stays exact where sigmoid saturates.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import functools
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import lightning as L
@@ -59,6 +61,9 @@ class BinaryClassifier(L.LightningModule):
         lr_scheduler: An optional learning-rate scheduler, stepped by Lightning every epoch;
             ``ReduceLROnPlateau`` watches ``val/loss``.
 
+    Both classes may also be given as the plain data a checkpoint holds, ``{"class_path": "torch.optim.Adam",
+    "init_args": {...}}`` (the class must be imported already: a checkpoint never makes Python import code).
+
     Example:
         >>> BinaryClassifier(lr=0.5, optimizer=torch.optim.Adam).hparams.optimizer
         {'class_path': 'torch.optim.adam.Adam'}
@@ -78,16 +83,19 @@ class BinaryClassifier(L.LightningModule):
             raise ConfigError(f"weight_decay must be zero or positive; got {weight_decay}.")
         self.save_hyperparameters()
         # Classes given in Python are recorded as the CLI records them, as plain data, so that a checkpoint
-        # loads with torch.load(weights_only=True); load_from_checkpoint rebuilds them with the CLI's parser.
-        classes = {k: f"{v.__module__}.{v.__name__}" for k, v in self.hparams.items() if isinstance(v, type)}
-        if classes:
-            as_config = {k: {"class_path": path} for k, path in classes.items()}
-            self.save_hyperparameters({**as_config, "_instantiator": "lightning.pytorch.cli.instantiate_module"})
-        self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
+        # loads with torch.load(weights_only=True); load_from_checkpoint passes that data back to __init__.
+        as_data = {k: class_config(v) for k, v in self.hparams.items() if class_config(v) is not v}
+        if as_data:
+            self.save_hyperparameters(as_data)
+        # Read back from attributes, not hparams: a subclass's __init__ that fixes some of these (it does not
+        # take them) saves only its own arguments. Tuner.lr_find sets the attribute (and the hparam, if saved).
+        self.lr, self.weight_decay = lr, weight_decay
+        self.optimizer = from_class_config(optimizer, torch.optim.Optimizer, "optimizer")
+        self.lr_scheduler = from_class_config(lr_scheduler, torch.optim.lr_scheduler.LRScheduler, "lr_scheduler")
         try:  # options torch refuses (a negative momentum) end in one line now, before any run starts
-            optimizer([torch.nn.Parameter(torch.zeros(1))], lr)
+            self.optimizer([torch.nn.Parameter(torch.zeros(1))], lr)
         except (ValueError, TypeError) as err:
-            chosen = self.hparams.optimizer
+            chosen = self.hparams.get("optimizer", class_config(optimizer))  # the CLI's record of it, if any
             name = chosen.get("class_path") if isinstance(chosen, dict) else getattr(chosen, "__name__", chosen)
             raise ConfigError(
                 f"--model.optimizer {name} refuses its options: {err} (they are set as --model.optimizer.<option>; "
@@ -132,9 +140,9 @@ class BinaryClassifier(L.LightningModule):
         # read the value back from the device at every step; the bar shows the epoch's mean loss instead.
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             self.log("train/loss", loss, sync_dist=True)
-        if self.hparams.weight_decay:  # the logged loss stays the data term, comparable with val/loss
+        if self.weight_decay:  # the logged loss stays the data term, comparable with val/loss
             decayed = (p.square().sum() for p in self.parameters() if p.ndim > 1)  # weights, not biases
-            loss = loss + self.hparams.weight_decay / 2 * sum(decayed)
+            loss = loss + self.weight_decay / 2 * sum(decayed)
         return loss
 
     @override
@@ -167,7 +175,7 @@ class BinaryClassifier(L.LightningModule):
 
     @override
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer(self.parameters(), self.hparams.lr)
+        optimizer = self.optimizer(self.parameters(), self.lr)
         if self.lr_scheduler is None:
             return optimizer
         scheduler = self.lr_scheduler(optimizer)
@@ -195,3 +203,37 @@ class BinaryClassifier(L.LightningModule):
     def _log_evaluation(self, stage: str, loss_metric: MeanMetric, scores: MetricCollection) -> None:
         self.log(f"{stage}/loss", loss_metric, prog_bar=stage == "val")
         self.log_dict(scores, prog_bar=stage == "val")
+
+
+def class_config(value: Any) -> Any:
+    """A class, or a ``functools.partial`` of one with keyword arguments only, as the plain data LightningCLI
+    writes for a class it was given (``{"class_path": ..., "init_args": {...}}``); any other value unchanged.
+
+    >>> class_config(functools.partial(torch.optim.SGD, momentum=0.9))
+    {'class_path': 'torch.optim.sgd.SGD', 'init_args': {'momentum': 0.9}}
+    """
+    if isinstance(value, type):
+        return {"class_path": f"{value.__module__}.{value.__name__}"}
+    if isinstance(value, functools.partial) and isinstance(value.func, type) and not value.args:
+        return {**class_config(value.func), "init_args": dict(value.keywords)}
+    return value
+
+
+def from_class_config(value: Any, base: type, name: str) -> Any:
+    """The inverse of :func:`class_config` for a subclass of ``base``: the class, or a partial of it with its
+    ``init_args``; any other value unchanged. The class is looked up among the modules already imported.
+
+    >>> from_class_config({"class_path": "torch.optim.adam.Adam"}, torch.optim.Optimizer, "optimizer")
+    <class 'torch.optim.adam.Adam'>
+    """
+    if not isinstance(value, Mapping) or "class_path" not in value:
+        return value
+    module, _, attribute = str(value["class_path"]).rpartition(".")
+    found = getattr(sys.modules.get(module), attribute, None)
+    if not (isinstance(found, type) and issubclass(found, base)):
+        raise ConfigError(
+            f"{name}: {value['class_path']} is not an imported subclass of {base.__module__}.{base.__name__}; "
+            "import the module that defines it first."
+        )
+    init_args = dict(value.get("init_args") or {})
+    return functools.partial(found, **init_args) if init_args else found

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import signal
 import socket
 import sys
 import time
@@ -30,10 +31,13 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import lightning as L
+import numpy
 import yaml
 from jsonargparse import ArgumentParser
 
+from logreg.machinery import interrupt
 from logreg.machinery.errors import ConfigError, DataError, NonFiniteLossError, causes, one_line, reporting
+from logreg.machinery.yaml_files import read_yaml
 
 try:
     import optuna
@@ -110,11 +114,7 @@ class Space:
         path = Path(path)
         if not path.is_file():
             raise DataError(f"{path}: no such file.")
-        try:
-            content = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(err).split())}).") from None
-        return cls.parse(content, path)
+        return cls.parse(read_yaml(path), path)
 
     @classmethod
     def parse(cls, content: Any, where: str | Path) -> Space:
@@ -332,14 +332,14 @@ def run_trial(trial: optuna.Trial, space: Space, fit: Sequence[str], out: Path) 
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which process ran it
     trial.set_user_attr("root", str(root))
     trial.set_user_attr("run_dir", str(run_dir))
-    trial.set_user_attr("lr", cli.model.hparams.lr)
+    trial.set_user_attr("lr", getattr(cli.model, "lr", None))
     try:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     except optuna.TrialPruned:
         mark_run(cli.trainer, pruned=True)
         raise
     except SystemExit as err:
-        if cli.trainer.interrupted:  # Lightning turns Ctrl-C into exit(1); Optuna fails the trial on this
+        if cli.trainer.interrupted:  # Lightning turns a signal's KeyboardInterrupt into exit(1)
             raise KeyboardInterrupt from err
         raise
     finally:
@@ -531,10 +531,12 @@ def build_parser() -> ArgumentParser:
 
 def main(args: Sequence[str] | None = None) -> None:
     """``logreg sweep`` with ``args`` (the words after ``sweep``; default the command line): mistakes end in one
-    line on stderr and exit code 1 (2 for the command line), before any trial runs."""
+    line on stderr and exit code 1 (2 for the command line), before any trial runs; so does a signal, with its
+    exit code. A stopped trial fails at once: nothing resumes it, so it does not wait for a batch end."""
     from argparse import ArgumentError
 
-    reporting(run, list(sys.argv[2:] if args is None else args), is_usage=lambda e: isinstance(e, ArgumentError))
+    with interrupt.reported(graceful=False):
+        reporting(run, list(sys.argv[2:] if args is None else args), is_usage=lambda e: isinstance(e, ArgumentError))
 
 
 def run(args: list[str]) -> None:
@@ -554,38 +556,92 @@ def run(args: list[str]) -> None:
     check_space(space, fit, opts.space)
     out = Path(opts.out)
     url = opts.storage or f"sqlite:///{out / 'study.db'}"
-    if opts.storage is None:
-        out.mkdir(parents=True, exist_ok=True)
+    made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)  # first: the database may be a file in it (--storage sqlite:///OUT/x.db)
+    try:
+        study = open_study(url, opts, space)
+    except BaseException:
+        if made:  # a study that cannot be opened leaves no empty OUT behind
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+    started: list[optuna.Trial] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        started.append(trial)
+        try:
+            return run_trial(trial, space, fit, out)
+        except KeyboardInterrupt:
+            # Optuna logs a trial's KeyboardInterrupt with its traceback; it lets a SystemExit through, and the
+            # trial is failed below, with the stop said in one line.
+            raise interrupt.Interrupted(interrupt.received() or signal.SIGINT) from None
+
+    try:
+        study.optimize(
+            objective,
+            n_trials=opts.trials,
+            catch=(NonFiniteLossError, Rejected),  # that trial fails; the others still run
+        )
+    except (KeyboardInterrupt, interrupt.Interrupted):
+        signum = interrupt.received() or signal.SIGINT
+        stopped = interrupt.stop(signum)  # from here a further signal ends the process at once
+        failed = _fail_running(study, started)
+        which = f" in trial {failed}, which failed" if failed is not None else ""
+        print(
+            f"error: stopped by {interrupt.signal_name(signum)}{which}; the finished trials are kept: run the same "
+            "command again to go on.",
+            file=sys.stderr,
+        )
+        report(study, space, out)
+        raise stopped from None
+    report(study, space, out)
+
+
+def open_study(url: str, opts: Any, space: Space) -> optuna.Study:
+    """The study named ``--study`` in the database at ``url``, made if new, with the space's sampler and pruner.
+
+    The sampler's seed is ``--seed`` for a new study. For one that has trials already it is ``--seed`` mixed with
+    their number: the seed alone would propose the values of the study's first trials again, and a rerun of the
+    same command must go on with new ones (and still be reproducible).
+    """
     storage = open_storage(url, opts.heartbeat)
+
+    def pruner() -> optuna.pruners.BasePruner:
+        return optuna.pruners.NopPruner() if space.pruner is None else optuna.pruners.MedianPruner(**dict(space.pruner))
+
     try:
         study = optuna.create_study(
             study_name=opts.study,
             storage=storage,
             sampler=SAMPLERS[space.sampler](seed=opts.seed),
-            pruner=optuna.pruners.NopPruner()
-            if space.pruner is None
-            else optuna.pruners.MedianPruner(**dict(space.pruner)),
+            pruner=pruner(),
             direction=space.direction,
             load_if_exists=True,
         )
+        done = len(study.get_trials(deepcopy=False))
+        if opts.seed is not None and done:
+            seed = int(numpy.random.SeedSequence([opts.seed, done]).generate_state(1)[0])
+            study = optuna.load_study(
+                study_name=opts.study, storage=storage, sampler=SAMPLERS[space.sampler](seed=seed), pruner=pruner()
+            )
     except Exception as err:
         raise DataError(f"--storage {url}: cannot open study {opts.study!r}: {_one_line(err)}") from None
     if study.direction.name.lower() != space.direction:
         raise ConfigError(
             f"study {opts.study!r} in {url} was created to {study.direction.name.lower()}, but {opts.space} asks to {space.direction}."
         )
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        study.optimize(
-            lambda trial: run_trial(trial, space, fit, out),
-            n_trials=opts.trials,
-            catch=(NonFiniteLossError, Rejected),  # that trial fails; the others still run
-        )
-    except KeyboardInterrupt:
-        print("interrupted: the finished trials are kept; run the same command again to go on.", file=sys.stderr)
-        report(study, space, out)
-        raise SystemExit(130) from None
-    report(study, space, out)
+    return study
+
+
+def _fail_running(study: optuna.Study, started: list[optuna.Trial]) -> int | None:
+    """Fail this process's running trial (a stopped one), so it is not left to its heartbeat; its number."""
+    if not started:
+        return None
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    if started[-1].number not in running:  # stopped between trials
+        return None
+    study.tell(started[-1], state=TrialState.FAIL)
+    return started[-1].number
 
 
 def report(study: optuna.Study, space: Space, out: Path) -> None:
