@@ -272,7 +272,7 @@ def stop(*args):
     if signum == signal.SIGINT:
         os.killpg(os.getpgid(main_pid), signal.SIGINT)  # the terminal's Ctrl+C: every process of its group
     else:
-        os.kill(main_pid, signal.SIGTERM)
+        os.kill(main_pid, signum)
     time.sleep(120)
 
 if phase == "pieces":
@@ -285,8 +285,14 @@ main(["prepare", *sys.argv[4:]])
 
 
 @pytest.mark.slow  # a fresh interpreter imports torch: seconds
-@pytest.mark.parametrize("phase", ["pieces", "packing"])
-@pytest.mark.parametrize(("signum", "name"), [(signal.SIGINT, "SIGINT (Ctrl+C)"), (signal.SIGTERM, "SIGTERM")])
+@pytest.mark.parametrize(
+    ("signum", "name", "phase"),
+    [
+        *((signal.SIGINT, "SIGINT (Ctrl+C)", phase) for phase in ("pieces", "packing")),
+        *((signal.SIGTERM, "SIGTERM", phase) for phase in ("pieces", "packing")),
+        (signal.SIGHUP, "SIGHUP", "packing"),  # the terminal closed
+    ],
+)
 def test_a_signal_ends_prepare_in_one_line_with_its_code_and_leaves_nothing(tmp_path, phase, signum, name):
     out, record = tmp_path / "out", tmp_path / "group"
     args = ["synthetic", str(out), "--synthetic_rows", "250000", "--synthetic_features", "2", "--num_workers", "2"]

@@ -21,8 +21,7 @@ from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 
 from logreg.machinery.errors import WriteError
-
-SIGNALS = {signal.SIGINT, signal.SIGTERM}
+from logreg.machinery.interrupt import SIGNALS
 
 
 class ChildDied(WriteError):
@@ -53,10 +52,11 @@ def run_isolated(run: Callable[[], None], what: str) -> None:
     finally:
         # The whole group, whether the child still runs (this process is stopping) or has ended: a library's
         # worker may outlive it (LitData's, when another worker failed), waiting on a queue for ever.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signal.SIGKILL)
-        child.join()
-        _wait_for_group(child.pid)
+        with signals_held():  # a second Ctrl+C must not stop this half-way
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+            child.join()
+            _wait_for_group(child.pid)
     if outcome is None:
         code = child.exitcode
         how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"ended with exit code {code}"
@@ -67,7 +67,7 @@ def run_isolated(run: Callable[[], None], what: str) -> None:
 
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
-    """SIGINT and SIGTERM wait (blocked) while the block runs, then arrive: for steps that must not stop half-way
+    """SIGINT, SIGTERM and SIGHUP wait (blocked) while the block runs, then arrive: for steps that must not stop half-way
     (a fork and its set-up, a clean-up). Only the main thread can receive them, so elsewhere this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield

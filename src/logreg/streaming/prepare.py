@@ -490,9 +490,10 @@ def _check_room(work: Path, needed: int) -> None:
 
 
 def _leave_signals_to_parent() -> None:
-    """A piece worker ignores Ctrl+C (the terminal sends it to every process) and ends at SIGTERM, as the
-    parent, stopping, terminates its pool; the parent's handlers would print a traceback per worker."""
+    """A piece worker ignores Ctrl+C and SIGHUP (the terminal sends them to every process) and ends at SIGTERM,
+    as the parent, stopping, terminates its pool; the parent's handlers would print a traceback per worker."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
@@ -527,14 +528,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args: Sequence[str] | None = None) -> None:
-    """``logreg prepare``: mistakes end in one line on stderr and exit code 1 (2 for the command line); Ctrl+C or
-    SIGTERM in one line and exit code 130 or 143, with nothing of the run left in OUT_DIR."""
-    with interrupt.handlers():  # from here a signal raises KeyboardInterrupt, and `prepare` cleans up
+    """``logreg prepare``: mistakes end in one line on stderr and exit code 1 (2 for the command line); Ctrl+C,
+    SIGTERM or SIGHUP in one line and exit code 130, 143 or 129, with nothing of the run left in OUT_DIR."""
+    # From here a signal raises KeyboardInterrupt at once (nothing here waits for a batch end), and `prepare`
+    # cleans up.
+    with interrupt.handlers(graceful=False):
         options = build_parser().parse_args(args)
         try:
             metadata = reporting(prepare, **vars(options))
         except KeyboardInterrupt:
             signum = interrupt.received() or signal.SIGINT
+            interrupt.stop(signum)  # said below: a further signal ends the process quietly
             exit_with(
                 f"logreg prepare was stopped by {interrupt.signal_name(signum)}; nothing of it is left in "
                 f"{options.out_dir}.",
