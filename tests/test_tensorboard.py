@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -206,3 +207,46 @@ def test_a_stage_after_fit_on_the_same_logger_keeps_one_session_and_writes_its_m
     run_dir = Path(logger.log_dir)
     assert session_hparams(run_dir)["synthetic_rows"] == 200
     assert len(scalars(run_dir)["test/loss"]) == 1
+
+
+# `logreg fit` whose disk fills up while TensorBoard writes: the event file takes BUDGET appends (one per event,
+# from TensorBoard's writer thread), then every write fails with ENOSPC, as on a full disk.
+DISK_FILLS_UP = """
+import errno, os, sys
+from tensorboard.compat.tensorflow_stub.io import gfile
+
+budget = int(sys.argv[1])
+real = gfile.LocalFileSystem.append
+
+def append(self, filename, content, binary_mode=False):
+    global budget
+    if b"tfevents" in (filename if isinstance(filename, bytes) else filename.encode()):
+        budget -= 1
+        if budget < 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return real(self, filename, content, binary_mode)
+
+gfile.LocalFileSystem.append = append
+from logreg.launch import main
+main(sys.argv[2:])
+"""
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch: seconds
+def test_a_disk_that_fills_while_tensorboard_writes_ends_the_run_in_one_line(tmp_path):
+    fit = ["fit", *TINY, *QUIET, "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs", "50"]
+    process = subprocess.run(
+        [sys.executable, "-c", DISK_FILLS_UP, "20", *fit, "--data.batch_mode", "minibatch"],
+        capture_output=True,
+        text=True,
+        timeout=300,  # a run that hangs fails the test here, it does not hold the suite
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")},
+    )
+    run = tmp_path / "minibatch" / "version_0"
+    assert process.returncode == 1, process.stderr
+    # one line, without the writer thread's traceback or Lightning's "you tried to log ..." about the value
+    assert "Traceback" not in process.stderr and "tried to log" not in process.stderr, process.stderr
+    assert process.stderr.splitlines()[-1] == (
+        f"error: {run}: TensorBoard cannot write the run's event file (No space left on device); the run stopped there."
+    )
+    assert scalars(run)["val/loss"]  # it trained before the disk filled: the run and what was written are kept
