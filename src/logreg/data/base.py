@@ -39,7 +39,7 @@ import torch
 from typing_extensions import override
 
 from logreg.data.batches import TensorBatches
-from logreg.data.tables import Table
+from logreg.data.tables import Table, check_split_fractions
 from logreg.machinery.errors import ConfigError, DataError
 
 BatchMode = Literal["full", "example", "minibatch"]
@@ -98,13 +98,7 @@ class BatchModeDataModule(L.LightningDataModule):
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if value < 1:
                 raise ConfigError(f"{name} must be a positive number of rows; got {value}.")
-        for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-            if not 0 < value < 1:
-                raise ConfigError(f"{name} must lie strictly between 0 and 1; got {value}.")
-        if val_fraction + test_fraction >= 1:
-            raise ConfigError(
-                f"val_fraction + test_fraction must be below 1 to leave training rows; got {val_fraction + test_fraction:g}."
-            )
+        check_split_fractions(val_fraction, test_fraction)
         if not 0 <= seed <= MAX_SEED:
             raise ConfigError(f"seed must lie between 0 and {MAX_SEED}; got {seed}.")
         self.save_hyperparameters()  # a subclass's own arguments too: Lightning collects every __init__'s

@@ -20,7 +20,7 @@ import torch
 
 from logreg.data import csv as csvtext
 from logreg.data.csv import TextPiece, count_lines, piece_ranges, rows_of
-from logreg.machinery.errors import DataError
+from logreg.machinery.errors import ConfigError, DataError
 
 BANKNOTE_PATH = Path(__file__).parent / "resources" / "data_banknote_authentication.txt"
 BANKNOTE_COLUMNS = ("variance", "skewness", "curtosis", "entropy", "class")
@@ -41,6 +41,18 @@ class Table:
     y: torch.Tensor | None
     feature_names: tuple[str, ...]
     label_name: str | None = None
+
+
+def check_split_fractions(val_fraction: float, test_fraction: float) -> None:
+    """Raise ConfigError unless both fractions lie in (0, 1) and leave training rows: the in-memory split and
+    ``logreg prepare``'s take the same two arguments."""
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0 < value < 1:
+            raise ConfigError(f"{name} must lie strictly between 0 and 1; got {value}.")
+    if val_fraction + test_fraction >= 1:
+        raise ConfigError(
+            f"val_fraction + test_fraction must be below 1 to leave training rows; got {val_fraction + test_fraction:g}."
+        )
 
 
 def load_banknote() -> Table:

@@ -41,7 +41,14 @@ from typing import Any
 import numpy as np
 
 from logreg.data.csv import PIECE_BYTES, TextPiece, piece_ranges
-from logreg.data.tables import BANKNOTE_COLUMNS, BANKNOTE_PATH, find_columns, read_header, read_rows
+from logreg.data.tables import (
+    BANKNOTE_COLUMNS,
+    BANKNOTE_PATH,
+    check_split_fractions,
+    find_columns,
+    read_header,
+    read_rows,
+)
 from logreg.machinery import interrupt
 from logreg.machinery.atomic import AtomicFile
 from logreg.machinery.errors import ConfigError, DataError, WriteError, exit_with, reporting
@@ -351,13 +358,7 @@ def prepare(
         block_rows: Rows per LitData item; default :func:`default_block_rows`.
         piece_bytes: Bytes of CSV text per worker task.
     """
-    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not 0 < value < 1:
-            raise ConfigError(f"{name} must lie strictly between 0 and 1; got {value}.")
-    if val_fraction + test_fraction >= 1:
-        raise ConfigError(
-            f"val_fraction + test_fraction must be below 1 to leave training rows; got {val_fraction + test_fraction:g}."
-        )
+    check_split_fractions(val_fraction, test_fraction)
     if block_rows is not None and block_rows < 1:
         raise ConfigError(f"block_rows must be a positive number of rows; got {block_rows}.")
     if num_workers is not None and num_workers < 1:
