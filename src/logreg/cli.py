@@ -42,7 +42,7 @@ from logreg.machinery.divergence import StopOnNonFiniteLoss
 from logreg.machinery.errors import DataError, raised_in, reporting
 from logreg.machinery.loggers import TensorBoardLogger
 from logreg.machinery.predict import PredictionWriter
-from logreg.machinery.preflight import check_epochs_left, logger_root, usage_problem
+from logreg.machinery.preflight import check_epochs_left, logger_root, restore_data_state, usage_problem
 from logreg.machinery.quiet import silence_harmless_messages
 from logreg.machinery.yaml_files import check_config_files, guard_jsonargparse
 
@@ -174,22 +174,8 @@ class LogRegCLI(LightningCLI):
             count_updates(self._run_dir, lambda: self.trainer.global_step - start)
         if self.subcommand != "predict":  # the writer's hooks would run at every training batch for nothing
             self.trainer.callbacks = [c for c in self.trainer.callbacks if not isinstance(c, PredictionWriter)]
-        if self.saved is None:
-            return
-        if self.saved.data_state is not None:  # Lightning restores it again at the start; here it checks the data
-            self.datamodule.load_state_dict(self.saved.data_state)
-        elif type(self.datamodule).state_dict is not L.LightningDataModule.state_dict:
-            raise DataError(
-                f"{self.saved.path}: holds no state of {type(self.datamodule).__name__} (its training statistics); "
-                "it was trained with another data module: pass that one as --data."
-            )
-        features = getattr(self.datamodule, "num_features", None)
-        if self.saved.num_features is not None and features not in (None, self.saved.num_features):
-            raise DataError(
-                f"{getattr(self.datamodule, 'source', type(self.datamodule).__name__)}: has {features} features, but "
-                f"the checkpoint {self.saved.path} "
-                f"holds a model of {self.saved.num_features}."
-            )
+        if self.saved is not None:  # the data must fit the checkpoint's model before anything runs
+            restore_data_state(self.saved, self.datamodule)
 
 
 def _run_name(data: Namespace) -> str:

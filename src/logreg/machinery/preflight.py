@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from jsonargparse import Namespace
 
@@ -69,3 +70,23 @@ def logger_root(logger: Any) -> Path:
     if init is None or init.get("save_dir") is None or init.get("name") is None:
         raise DataError("--ckpt_path last needs a logger with save_dir and name; pass the checkpoint's path instead.")
     return Path(init.save_dir) / init.name
+
+
+def restore_data_state(saved: SavedRun, datamodule: L.LightningDataModule) -> None:
+    """Give ``datamodule`` the state the checkpoint saved of it (its training statistics and columns), so a file
+    that does not fit the model fails now, in one line; Lightning restores the same state again when it starts.
+    Raise DataError when the checkpoint holds no state of a data module that keeps one, or a model of another
+    number of features."""
+    if saved.data_state is not None:
+        datamodule.load_state_dict(saved.data_state)
+    elif type(datamodule).state_dict is not L.LightningDataModule.state_dict:
+        raise DataError(
+            f"{saved.path}: holds no state of {type(datamodule).__name__} (its training statistics); "
+            "it was trained with another data module: pass that one as --data."
+        )
+    features = getattr(datamodule, "num_features", None)
+    if saved.num_features is not None and features not in (None, saved.num_features):
+        where = getattr(datamodule, "source", type(datamodule).__name__)
+        raise DataError(
+            f"{where}: has {features} features, but the checkpoint {saved.path} holds a model of {saved.num_features}."
+        )
