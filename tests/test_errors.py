@@ -715,3 +715,24 @@ def test_a_learning_rate_so_large_that_the_loss_diverges_yet_stays_finite(tmp_pa
     ), line
     (run_dir,) = (tmp_path / "logs" / "minibatch").iterdir()
     assert not list(run_dir.glob("checkpoints/*.ckpt")) and "val/loss" not in scalars(run_dir)
+
+
+def test_a_full_disk_that_a_logger_wraps_in_a_value_error_is_a_write_failure_not_a_usage_error():
+    # Lightning's TensorBoardLogger.log_metrics raises ValueError("you tried to log ...") from whatever failed,
+    # and a ValueError raised in Lightning otherwise reads as a refused flag (exit code 2)
+    import errno
+
+    from logreg.machinery.errors import user_message
+
+    try:
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as full:
+            raise ValueError("you tried to log 0.5 which is currently not supported") from full
+    except ValueError as err:
+        wrapped = err
+    assert user_message(wrapped, is_usage=lambda e: type(e) is ValueError, where="runs/minibatch") == (
+        f"runs/minibatch: cannot write the run's files ({os.strerror(errno.ENOSPC)}).",
+        1,
+    )
+    assert user_message(ValueError("bad flag"), is_usage=lambda e: type(e) is ValueError) == ("bad flag", 2)

@@ -60,6 +60,16 @@ def raised_in(err: BaseException, package: str) -> bool:
     return tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).startswith(package + ".")
 
 
+def raised_through(err: BaseException, package: str) -> bool:
+    """Whether any frame of ``err``'s traceback runs code of ``package`` (it passed through it on its way)."""
+    tb = err.__traceback__
+    while tb is not None:
+        if str(tb.tb_frame.f_globals.get("__name__", "")).startswith(package + "."):
+            return True
+        tb = tb.tb_next
+    return False
+
+
 # A write that failed for want of room or permission: the disk or the quota is full, the filesystem read-only.
 WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
 
@@ -76,15 +86,15 @@ def user_message(
         where: The directory the command writes into, named when a write fails without saying which file.
     """
     chain = list(causes(err))
+    full = next((e for e in chain if isinstance(e, OSError) and e.errno in WRITE_ERRNOS), None)
     for e in chain:
-        if is_usage(e):
+        if is_usage(e) and full is None:  # Lightning's loggers wrap a failed write in a ValueError about the value
             return one_line(e), 2
         if isinstance(e, USER_ERRORS):
             return str(e), 1
     io_error = next((e for e in chain if isinstance(e, OSError) and e.filename), None)
     if io_error is not None:  # a directory that cannot be written (read-only, full), met outside the atomic writers
         return f"{io_error.filename}: {io_error.strerror or io_error}.", 1
-    full = next((e for e in chain if isinstance(e, OSError) and e.errno in WRITE_ERRNOS), None)
     if full is not None:  # Lightning's own files (hparams.yaml, logs) are closed through fsspec, which names none
         return f"{where or 'the output directory'}: cannot write the run's files ({full.strerror or full}).", 1
     overflow = next((e for e in chain if type(e) is RuntimeError and raised_in(e, "torch.optim")), None)
