@@ -23,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 from typing_extensions import override
 
-from logreg.machinery.errors import WriteError, causes
+from logreg.machinery.errors import WriteError, causes, raised_through
 
 EVENT_WRITER = "tensorboard.summary.writer"  # the package of TensorBoard's event file writer and its thread
 
@@ -96,7 +96,7 @@ class TensorBoardLogger(LightningTensorBoardLogger):
         try:
             yield
         except Exception as err:
-            failed = next((e for e in causes(err) if isinstance(e, OSError) and _raised_through(e, EVENT_WRITER)), None)
+            failed = next((e for e in causes(err) if isinstance(e, OSError) and raised_through(e, EVENT_WRITER)), None)
             if failed is None:
                 raise
             raise WriteError(
@@ -133,18 +133,8 @@ def quiet_event_writer_failures() -> None:
     earlier = threading.excepthook
 
     def hook(args: threading.ExceptHookArgs) -> None:
-        if not (isinstance(args.exc_value, OSError) and _raised_through(args.exc_value, EVENT_WRITER)):
+        if not (isinstance(args.exc_value, OSError) and raised_through(args.exc_value, EVENT_WRITER)):
             earlier(args)
 
     hook.quiet_event_writer = True  # type: ignore[attr-defined]
     threading.excepthook = hook
-
-
-def _raised_through(err: BaseException, package: str) -> bool:
-    """Whether a frame of ``err``'s traceback runs code of ``package``."""
-    tb = err.__traceback__
-    while tb is not None:
-        if str(tb.tb_frame.f_globals.get("__name__", "")).startswith(package + "."):
-            return True
-        tb = tb.tb_next
-    return False
