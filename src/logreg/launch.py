@@ -14,7 +14,8 @@ import signal
 import sys
 from types import FrameType
 
-_NAMES = {signal.SIGINT: "SIGINT (Ctrl+C)", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
+from logreg.machinery import interrupt  # the standard library only: light
+
 # Commands that are not Trainer methods: each has its own parser and reports its own mistakes in one line.
 EXTRA_COMMANDS = {
     "prepare": "logreg.streaming.prepare",
@@ -37,13 +38,15 @@ def main(args: list[str] | None = None) -> None:
         received.append(signum)
         raise KeyboardInterrupt
 
-    earlier = {signum: signal.signal(signum, stop) for signum in _NAMES}
+    earlier = {signum: signal.signal(signum, stop) for signum in interrupt.SIGNALS}
     try:
         run = importlib.import_module(module).main
     except KeyboardInterrupt:
         signum = received[0] if received else signal.SIGINT
-        print(f"error: stopped by {_NAMES[signum]} during start-up; nothing was written.", file=sys.stderr)
-        raise SystemExit(128 + signum) from None
+        print(
+            f"error: stopped by {interrupt.signal_name(signum)} during start-up; nothing was written.", file=sys.stderr
+        )
+        raise SystemExit(interrupt.exit_code(signum)) from None
     finally:
         for signum, handler in earlier.items():
             signal.signal(signum, handler)
@@ -51,7 +54,7 @@ def main(args: list[str] | None = None) -> None:
         run(argv[1:] if module != "logreg.cli" else argv)
     finally:
         if args is None:  # the process ends now: a signal while Python shuts down (joins threads) ends it at once
-            for signum in _NAMES:
+            for signum in interrupt.SIGNALS:
                 signal.signal(signum, _exit_at_once)
 
 
@@ -59,4 +62,4 @@ def _exit_at_once(signum: int, frame: FrameType | None) -> None:
     with contextlib.suppress(Exception):  # what was printed is kept; a write under way may refuse a flush
         sys.stdout.flush()
         sys.stderr.flush()
-    os._exit(128 + signum)
+    os._exit(interrupt.exit_code(signum))
