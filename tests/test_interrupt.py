@@ -152,3 +152,29 @@ def test_sigterm_after_an_epochs_last_batch_saves_the_finished_epoch(tmp_path, h
         f"Stopped by SIGTERM at epoch 2, step 20; saved {path}. Resume with --ckpt_path last (or --ckpt_path {path})."
     )
     assert interrupt.stopping()  # the CLI ends quietly with the signal's code (see reported)
+
+
+class SigtermAfterBatch(BoringModel):
+    """Sends itself SIGTERM in its own ``on_train_batch_end`` (which Lightning calls after every callback's, so
+    after LastCheckpoint's) of batch ``batch`` of epoch ``epoch``: Lightning stops for it before the next batch."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        super().__init__()
+        self.at = (epoch, batch)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if (self.current_epoch, batch_idx) == self.at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_after_last_checkpoints_batch_end_saves_that_batch(tmp_path, handlers, capsys):
+    # the window between this callback's batch end and Lightning's own SIGTERM check (the logger's save, say)
+    with pytest.raises(SystemExit):
+        trainer(tmp_path).fit(SigtermAfterBatch(epoch=1, batch=3))
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    saved = torch.load(path, weights_only=False)
+    assert (saved["epoch"], saved["global_step"]) == (1, 10 + 4)  # epoch 0 whole, then batches 0 to 3 of epoch 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"Stopped by SIGTERM at epoch 1, step 14; saved {path}. Resume with --ckpt_path last (or --ckpt_path {path})."
+    )
+    assert interrupt.stopping()

@@ -119,15 +119,16 @@ class LastCheckpoint(Checkpoint):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         interrupt.stop_at_batch_end(False)  # a failed run may skip teardown; a later signal must not wait
         signum = interrupt.received()
-        progress = trainer.fit_loop.epoch_progress.current
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
         if (
             isinstance(exception, SIGTERMException)
             and signum is not None
             and not interrupt.stopping()
             and progress.ready == progress.started == progress.processed == progress.completed
         ):
-            # Lightning stops for SIGTERM itself at an epoch's end when it came after the epoch's last batch (during
-            # validation, say): the epoch is complete there, as at the end of fit, a clean point to resume from.
+            # Lightning stops for SIGTERM itself, after a batch's hooks (a SIGTERM that came after this callback's
+            # on_train_batch_end, while the logger saved, say), during validation or at an epoch's end: the last
+            # training batch is complete there, as where this callback saves, a clean point to resume from.
             self._save_and_say(trainer, signum)
 
 
